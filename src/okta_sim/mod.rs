@@ -1,0 +1,1 @@
+//! Fake Okta (being written).
