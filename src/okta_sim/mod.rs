@@ -1,1 +1,468 @@
-//! Fake Okta (being written).
+//! A stateful fake of Okta's Management API, for tests, benchmarks and local runs.
+//!
+//! Real Okta cannot be reached from development or CI, so this fake is the only Okta
+//! the service's tests ever see: it must be as strict as Okta where Okta is strict
+//! (lifecycle rules, validation, escaping in `search=`, error bodies, rate limits), or
+//! bugs in the client would pass unnoticed. The rules it reproduces are written down
+//! in `/work/shared/okta/BEHAVIOUR.md`.
+//!
+//! Tests start it in-process on port 0 with [`OktaSim::start`] and steer it through
+//! the same handle (seeding, fault injection, outages, the request log); a person
+//! running it beside the service uses [`serve_until`] and the unauthenticated
+//! `/__sim/` admin routes instead.
+//!
+//! Layout: `state` holds the directory and Okta's rules, `search` the `search=`
+//! language, `gate` what happens to every request before a route sees it (auth, rate
+//! limits, faults, latency, request log), `routes` the Okta endpoints, `admin` the
+//! `/__sim/` endpoints.
+
+mod admin;
+mod gate;
+mod routes;
+mod search;
+mod state;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use time::OffsetDateTime;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use state::Directory;
+
+/// How to start the fake.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Address to listen on; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// The token clients must send as `Authorization: SSWS <token>`.
+    pub api_token: String,
+    /// Delay added before every `/api/` response.
+    pub latency: Duration,
+    /// Per-bucket request limit; `None` never answers 429 for volume.
+    pub rate_limit: Option<RateLimit>,
+    /// Most `/api/` requests in flight at once; more get 429. `None` is unlimited.
+    pub concurrency_limit: Option<usize>,
+    /// Names of `OKTA_GROUP` groups to create at start.
+    pub groups: Vec<String>,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            api_token: format!("00{}", state::random_token(40)),
+            latency: Duration::ZERO,
+            rate_limit: None,
+            concurrency_limit: None,
+            groups: Vec::new(),
+        }
+    }
+}
+
+/// A rate limit applied separately to each endpoint bucket (users, groups, other).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Requests allowed per window in one bucket.
+    pub requests_per_window: u32,
+    /// Length of a window; Okta's is one minute.
+    pub window: Duration,
+}
+
+/// A user's lifecycle status, serialised as Okta spells it (`ACTIVE`, `LOCKED_OUT`, …).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum UserStatus {
+    Staged,
+    Provisioned,
+    Active,
+    Recovery,
+    PasswordExpired,
+    LockedOut,
+    Suspended,
+    Deprovisioned,
+}
+
+impl UserStatus {
+    /// Okta's name for the status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UserStatus::Staged => "STAGED",
+            UserStatus::Provisioned => "PROVISIONED",
+            UserStatus::Active => "ACTIVE",
+            UserStatus::Recovery => "RECOVERY",
+            UserStatus::PasswordExpired => "PASSWORD_EXPIRED",
+            UserStatus::LockedOut => "LOCKED_OUT",
+            UserStatus::Suspended => "SUSPENDED",
+            UserStatus::Deprovisioned => "DEPROVISIONED",
+        }
+    }
+}
+
+/// A group's type. Only `OKTA_GROUP` memberships can be changed through the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum GroupType {
+    OktaGroup,
+    AppGroup,
+    BuiltIn,
+}
+
+impl GroupType {
+    /// Okta's name for the type.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupType::OktaGroup => "OKTA_GROUP",
+            GroupType::AppGroup => "APP_GROUP",
+            GroupType::BuiltIn => "BUILT_IN",
+        }
+    }
+}
+
+/// A snapshot of a user, for assertions.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SimUser {
+    pub id: String,
+    pub status: UserStatus,
+    pub profile: Value,
+    /// When the status last changed (creation time if it never did).
+    #[serde(with = "time::serde::rfc3339")]
+    pub status_changed: OffsetDateTime,
+    /// How many times `revokeUserSessions` was called for this user.
+    pub sessions_revoked: u32,
+}
+
+/// A scripted misbehaviour: the next `times` matching `/api/` requests get `kind`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fault {
+    /// HTTP method to match (any case); `None` matches every method.
+    pub method: Option<String>,
+    /// Substring of the path to match; `None` matches every path.
+    pub path_contains: Option<String>,
+    /// How many requests the fault applies to.
+    pub times: u32,
+    pub kind: FaultKind,
+}
+
+/// What an injected fault does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FaultKind {
+    /// Answer this status with an Okta error body carrying `error_code`.
+    Status { status: u16, error_code: String },
+    /// Wait this long, then answer normally (lets a client's timeout fire).
+    Hang(Duration),
+    /// Drop the connection without a complete answer (the client sees a network error).
+    CloseConnection,
+}
+
+/// One `/api/` request as the fake saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RequestRecord {
+    pub method: String,
+    pub path: String,
+    pub query: Option<String>,
+    pub status: u16,
+    /// Okta's operationId, e.g. `createUser`; `unknown` for routes the fake lacks.
+    pub operation: &'static str,
+}
+
+/// Fixed-window counter for one rate-limit bucket.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    count: u32,
+    ends: tokio::time::Instant,
+    /// Window end as UTC epoch seconds, rounded up so a client waiting for it is never early.
+    ends_epoch: i64,
+}
+
+/// Everything mutable, behind one lock that is never held across an `.await`.
+#[derive(Debug, Default)]
+struct Store {
+    directory: Directory,
+    latency: Duration,
+    outage: Option<u16>,
+    rate_limit: Option<RateLimit>,
+    concurrency_limit: Option<usize>,
+    in_flight: usize,
+    buckets: HashMap<&'static str, Bucket>,
+    faults: Vec<Fault>,
+    log: VecDeque<RequestRecord>,
+    rate_limited: u64,
+}
+
+/// How `/api/` callers prove who they are. Only API tokens exist today; an OAuth
+/// service-app mode (`Authorization: Bearer`, tokens minted by `/oauth2/v1/token`) is
+/// meant to become a second variant checked in `gate::authorize`.
+#[derive(Debug, Clone)]
+enum Credential {
+    ApiToken(String),
+}
+
+/// State shared by the server and every [`OktaSim`] handle.
+#[derive(Debug)]
+struct Shared {
+    store: Mutex<Store>,
+    credential: Credential,
+    /// The id of the org's default user type, shown as `type.id` on every user.
+    user_type_id: String,
+}
+
+impl Shared {
+    fn store(&self) -> MutexGuard<'_, Store> {
+        // A panic while holding the lock cannot leave the directory half-written in a
+        // way that matters to a fake; keep serving.
+        self.store.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Stops the server when the last [`OktaSim`] handle goes away.
+#[derive(Debug)]
+struct ServerTask {
+    stop: CancellationToken,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for ServerTask {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// A running fake Okta. Cheap to clone; dropping the last clone stops the server.
+#[derive(Debug, Clone)]
+pub struct OktaSim {
+    shared: Arc<Shared>,
+    server: Arc<ServerTask>,
+    base_url: String,
+}
+
+impl OktaSim {
+    /// Binds `config.listen` and serves on a tokio task.
+    ///
+    /// # Errors
+    /// When the address cannot be bound.
+    pub async fn start(config: SimConfig) -> std::io::Result<OktaSim> {
+        let listener = tokio::net::TcpListener::bind(config.listen).await?;
+        let local = listener.local_addr()?;
+        let host = if local.ip().is_unspecified() {
+            SocketAddr::from(([127, 0, 0, 1], local.port()))
+        } else {
+            local
+        };
+        let mut store = Store {
+            latency: config.latency,
+            rate_limit: config.rate_limit,
+            concurrency_limit: config.concurrency_limit,
+            ..Store::default()
+        };
+        for name in &config.groups {
+            store
+                .directory
+                .insert_group(name, GroupType::OktaGroup, None);
+        }
+        let shared = Arc::new(Shared {
+            store: Mutex::new(store),
+            credential: Credential::ApiToken(config.api_token),
+            user_type_id: format!("oty{}", state::random_token(17)),
+        });
+        let stop = CancellationToken::new();
+        let app = routes::router(shared.clone());
+        let serve =
+            axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
+        let task = tokio::spawn(async move {
+            if let Err(error) = serve.await {
+                tracing::error!(%error, "fake Okta server stopped");
+            }
+        });
+        Ok(OktaSim {
+            shared,
+            server: Arc::new(ServerTask {
+                stop,
+                task: Mutex::new(Some(task)),
+            }),
+            base_url: format!("http://{host}"),
+        })
+    }
+
+    /// Where clients reach it, e.g. `http://127.0.0.1:41234`.
+    pub fn base_url(&self) -> String {
+        self.base_url.clone()
+    }
+
+    /// The token to send as `Authorization: SSWS <token>`.
+    pub fn api_token(&self) -> String {
+        match &self.shared.credential {
+            Credential::ApiToken(token) => token.clone(),
+        }
+    }
+
+    /// Creates a group (any type, duplicate names allowed) and returns its id.
+    pub fn create_group(&self, name: &str, kind: GroupType) -> String {
+        self.shared.store().directory.insert_group(name, kind, None)
+    }
+
+    /// Seeds a user in any status, without validating the profile; returns its id.
+    pub fn create_user(&self, profile: Value, status: UserStatus) -> String {
+        let profile = match profile {
+            Value::Object(map) => map,
+            _ => serde_json::Map::new(),
+        };
+        self.shared.store().directory.insert_user(profile, status)
+    }
+
+    /// Sets a user's status directly, stamping `statusChanged`; false if unknown.
+    pub fn set_user_status(&self, user_id: &str, status: UserStatus) -> bool {
+        self.shared.store().directory.force_status(user_id, status)
+    }
+
+    /// Makes a user a member of any group, whatever its type; false if either is unknown.
+    pub fn add_member(&self, group_id: &str, user_id: &str) -> bool {
+        self.shared.store().directory.add_member(group_id, user_id)
+    }
+
+    /// A user by id or login (any case).
+    pub fn user(&self, id_or_login: &str) -> Option<SimUser> {
+        self.shared
+            .store()
+            .directory
+            .find_user(id_or_login)
+            .map(sim_user)
+    }
+
+    /// Every user, in creation order.
+    pub fn users(&self) -> Vec<SimUser> {
+        self.shared
+            .store()
+            .directory
+            .users
+            .iter()
+            .map(sim_user)
+            .collect()
+    }
+
+    /// The id of the first group with exactly this name.
+    pub fn group_id(&self, name: &str) -> Option<String> {
+        let store = self.shared.store();
+        store
+            .directory
+            .groups
+            .iter()
+            .find(|g| g.name == name)
+            .map(|g| g.id.clone())
+    }
+
+    /// Names of the groups a user belongs to, sorted.
+    pub fn user_group_names(&self, user_id: &str) -> Vec<String> {
+        let store = self.shared.store();
+        let mut names: Vec<String> = match store.directory.find_user(user_id) {
+            Some(user) => store
+                .directory
+                .groups_of(&user.id)
+                .iter()
+                .map(|g| g.name.clone())
+                .collect(),
+            None => Vec::new(),
+        };
+        names.sort();
+        names
+    }
+
+    /// Queues a fault; faults are consumed in the order they were injected.
+    pub fn inject_fault(&self, fault: Fault) {
+        self.shared.store().faults.push(fault);
+    }
+
+    /// `Some(status)`: every `/api/` request answers that status until `None`.
+    pub fn set_outage(&self, status: Option<u16>) {
+        self.shared.store().outage = status;
+    }
+
+    /// Delay before every `/api/` answer from now on.
+    pub fn set_latency(&self, latency: Duration) {
+        self.shared.store().latency = latency;
+    }
+
+    /// Replaces the rate limit; counting restarts with fresh windows.
+    pub fn set_rate_limit(&self, rate_limit: Option<RateLimit>) {
+        let mut store = self.shared.store();
+        store.rate_limit = rate_limit;
+        store.buckets.clear();
+    }
+
+    /// Replaces the limit on requests in flight.
+    pub fn set_concurrency_limit(&self, limit: Option<usize>) {
+        self.shared.store().concurrency_limit = limit;
+    }
+
+    /// Every `/api/` request answered so far, oldest first.
+    pub fn request_log(&self) -> Vec<RequestRecord> {
+        self.shared.store().log.iter().cloned().collect()
+    }
+
+    pub fn clear_request_log(&self) {
+        self.shared.store().log.clear();
+    }
+
+    /// How many requests were refused with 429 (rate or concurrency limit, not faults).
+    pub fn rate_limited_count(&self) -> u64 {
+        self.shared.store().rate_limited
+    }
+
+    /// Stops accepting connections and waits (up to 5 s) for requests in flight.
+    pub async fn shutdown(self) {
+        self.server.stop.cancel();
+        let task = self
+            .server
+            .task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(mut task) = task {
+            if tokio::time::timeout(Duration::from_secs(5), &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+            }
+        }
+    }
+}
+
+fn sim_user(user: &state::User) -> SimUser {
+    SimUser {
+        id: user.id.clone(),
+        status: user.status,
+        profile: Value::Object(user.profile.clone()),
+        status_changed: user.status_changed.unwrap_or(user.created),
+        sessions_revoked: user.sessions_revoked,
+    }
+}
+
+/// Runs the fake until `shutdown` completes (the `okta-sim` command).
+///
+/// # Errors
+/// When the listen address cannot be bound.
+pub async fn serve_until(
+    config: SimConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let sim = OktaSim::start(config).await?;
+    tracing::warn!(
+        base_url = %sim.base_url(),
+        api_token = %sim.api_token(),
+        "this is a FAKE Okta for local use and tests; nothing here reaches a real Okta org \
+         (admin routes under /__sim/, send Authorization: SSWS <api_token>)"
+    );
+    shutdown.await;
+    tracing::info!("fake Okta shutting down");
+    sim.shutdown().await;
+    Ok(())
+}
