@@ -1,0 +1,284 @@
+//! Pure decisions: which lifecycle steps and membership changes bring an Okta user to
+//! what HR says. The provisioner reads Okta, asks these functions, and carries out the
+//! answer; so every rule of the contract's section 3 is unit-tested here without I/O.
+
+use std::fmt;
+use time::OffsetDateTime;
+
+/// An account's lifecycle state, as Okta names them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccountStatus {
+    Staged,
+    Provisioned,
+    Active,
+    Recovery,
+    PasswordExpired,
+    LockedOut,
+    Suspended,
+    Deprovisioned,
+    /// A status this service does not know; treated as enabled, so a leaver is disabled.
+    Other(String),
+}
+
+impl AccountStatus {
+    /// Reads Okta's status string.
+    pub fn parse(value: &str) -> Self {
+        match value {
+            "STAGED" => Self::Staged,
+            "PROVISIONED" => Self::Provisioned,
+            "ACTIVE" => Self::Active,
+            "RECOVERY" => Self::Recovery,
+            "PASSWORD_EXPIRED" => Self::PasswordExpired,
+            "LOCKED_OUT" => Self::LockedOut,
+            "SUSPENDED" => Self::Suspended,
+            "DEPROVISIONED" => Self::Deprovisioned,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+}
+
+/// What `employee.removed` does to the account (`OFFBOARDING_MODE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OffboardingMode {
+    /// Deactivate the user (Okta status `DEPROVISIONED`); memberships are kept by Okta.
+    #[default]
+    Deactivate,
+    /// Suspend the user; Okta suspends only `ACTIVE` users, so others are deactivated.
+    Suspend,
+    /// Deactivate, then delete the user.
+    Delete,
+}
+
+impl OffboardingMode {
+    /// Parses the configuration value.
+    pub fn parse(value: &str) -> Option<Self> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "deactivate" => Some(Self::Deactivate),
+            "suspend" => Some(Self::Suspend),
+            "delete" => Some(Self::Delete),
+            _ => None,
+        }
+    }
+}
+
+/// One call that changes an account's lifecycle state or access.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LifecycleStep {
+    Activate,
+    Unsuspend,
+    RevokeSessions,
+    Suspend,
+    Deactivate,
+    Delete,
+}
+
+/// What a hire does to an existing account so that it is enabled again.
+pub fn rehire_step(status: &AccountStatus) -> Option<LifecycleStep> {
+    match status {
+        AccountStatus::Staged | AccountStatus::Deprovisioned => Some(LifecycleStep::Activate),
+        AccountStatus::Suspended => Some(LifecycleStep::Unsuspend),
+        _ => None,
+    }
+}
+
+/// The steps that take an account from `status` to the mode's target state; empty when
+/// it is already there. Sessions are ended first so that access stops before the
+/// (slower, possibly failing) status change.
+pub fn offboarding_steps(status: &AccountStatus, mode: OffboardingMode) -> Vec<LifecycleStep> {
+    use LifecycleStep::*;
+    match (mode, status) {
+        (OffboardingMode::Deactivate, AccountStatus::Deprovisioned) => vec![],
+        (OffboardingMode::Deactivate, _) => vec![RevokeSessions, Deactivate],
+        (OffboardingMode::Suspend, AccountStatus::Suspended | AccountStatus::Deprovisioned) => {
+            vec![]
+        }
+        (OffboardingMode::Suspend, AccountStatus::Active) => vec![RevokeSessions, Suspend],
+        // Okta refuses to suspend anyone not ACTIVE; a leaver must not stay able to
+        // activate or recover the account, so disable it the only other way.
+        (OffboardingMode::Suspend, _) => vec![RevokeSessions, Deactivate],
+        (OffboardingMode::Delete, AccountStatus::Deprovisioned) => vec![Delete],
+        (OffboardingMode::Delete, _) => vec![RevokeSessions, Deactivate, Delete],
+    }
+}
+
+/// Membership changes for the groups this service manages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MembershipPlan<G> {
+    pub add: Vec<G>,
+    pub remove: Vec<G>,
+}
+
+impl<G> MembershipPlan<G> {
+    /// True when membership is already as it should be.
+    pub fn is_empty(&self) -> bool {
+        self.add.is_empty() && self.remove.is_empty()
+    }
+}
+
+/// Makes the user's membership of `managed` groups exactly `desired`: adds what is
+/// missing, removes managed groups not desired, and never touches a group outside
+/// `managed` (those belong to other admins and group rules).
+pub fn plan_membership<G: PartialEq + Clone>(
+    current: &[G],
+    desired: &[G],
+    managed: &[G],
+) -> MembershipPlan<G> {
+    let add = desired
+        .iter()
+        .filter(|g| !current.contains(g))
+        .cloned()
+        .collect();
+    let remove = current
+        .iter()
+        .filter(|g| managed.contains(g) && !desired.contains(g))
+        .cloned()
+        .collect();
+    MembershipPlan { add, remove }
+}
+
+/// The contract's stale-replay rule: a hire or update replayed from the dead-letter queue
+/// that is older than the account's last status change changes nothing, so that access
+/// removed since stays removed.
+pub fn is_stale_replay(
+    replay_count: u32,
+    occurred_at: OffsetDateTime,
+    status_changed: Option<OffsetDateTime>,
+) -> bool {
+    replay_count > 0 && status_changed.is_some_and(|changed| occurred_at < changed)
+}
+
+/// What was done (or found already done) for an event; rendered into the outcome's
+/// `actions`, e.g. `group.assigned:Engineering-Core`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    UserCreated,
+    UserActivated,
+    UserReactivated,
+    UserUnsuspended,
+    ProfileUpdated,
+    GroupAssigned(String),
+    GroupRemoved(String),
+    SessionsRevoked,
+    UserSuspended,
+    UserDeactivated,
+    UserDeleted,
+    SkippedStale,
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::UserCreated => f.write_str("user.created"),
+            Action::UserActivated => f.write_str("user.activated"),
+            Action::UserReactivated => f.write_str("user.reactivated"),
+            Action::UserUnsuspended => f.write_str("user.unsuspended"),
+            Action::ProfileUpdated => f.write_str("profile.updated"),
+            Action::GroupAssigned(name) => write!(f, "group.assigned:{name}"),
+            Action::GroupRemoved(name) => write!(f, "group.removed:{name}"),
+            Action::SessionsRevoked => f.write_str("sessions.revoked"),
+            Action::UserSuspended => f.write_str("user.suspended"),
+            Action::UserDeactivated => f.write_str("user.deactivated"),
+            Action::UserDeleted => f.write_str("user.deleted"),
+            Action::SkippedStale => f.write_str("skipped.stale"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+    use LifecycleStep::*;
+
+    #[test]
+    fn rehire_reenables_only_disabled_accounts() {
+        assert_eq!(rehire_step(&AccountStatus::Deprovisioned), Some(Activate));
+        assert_eq!(rehire_step(&AccountStatus::Staged), Some(Activate));
+        assert_eq!(rehire_step(&AccountStatus::Suspended), Some(Unsuspend));
+        for enabled in [
+            AccountStatus::Active,
+            AccountStatus::Provisioned,
+            AccountStatus::LockedOut,
+            AccountStatus::Recovery,
+        ] {
+            assert_eq!(rehire_step(&enabled), None, "{enabled:?}");
+        }
+    }
+
+    #[test]
+    fn offboarding_reaches_each_modes_target_state() {
+        let active = AccountStatus::Active;
+        assert_eq!(
+            offboarding_steps(&active, OffboardingMode::Deactivate),
+            vec![RevokeSessions, Deactivate]
+        );
+        assert_eq!(
+            offboarding_steps(&active, OffboardingMode::Suspend),
+            vec![RevokeSessions, Suspend]
+        );
+        assert_eq!(
+            offboarding_steps(&active, OffboardingMode::Delete),
+            vec![RevokeSessions, Deactivate, Delete]
+        );
+    }
+
+    #[test]
+    fn offboarding_an_account_already_in_the_target_state_does_nothing() {
+        let gone = AccountStatus::Deprovisioned;
+        assert!(offboarding_steps(&gone, OffboardingMode::Deactivate).is_empty());
+        assert!(offboarding_steps(&gone, OffboardingMode::Suspend).is_empty());
+        assert!(offboarding_steps(&AccountStatus::Suspended, OffboardingMode::Suspend).is_empty());
+        assert_eq!(
+            offboarding_steps(&gone, OffboardingMode::Delete),
+            vec![Delete]
+        );
+    }
+
+    #[test]
+    fn suspend_mode_deactivates_what_okta_cannot_suspend() {
+        assert_eq!(
+            offboarding_steps(&AccountStatus::Provisioned, OffboardingMode::Suspend),
+            vec![RevokeSessions, Deactivate]
+        );
+    }
+
+    #[test]
+    fn membership_touches_only_managed_groups() {
+        let current = ["Sales", "Unmanaged", "Old-Job"];
+        let desired = ["Engineering", "Sales"];
+        let managed = ["Sales", "Engineering", "Old-Job"];
+        let plan = plan_membership(&current, &desired, &managed);
+        assert_eq!(plan.add, vec!["Engineering"]);
+        assert_eq!(plan.remove, vec!["Old-Job"]);
+        assert!(plan_membership(&desired, &desired, &managed).is_empty());
+    }
+
+    #[test]
+    fn only_replays_older_than_the_last_status_change_are_stale() {
+        let occurred = datetime!(2026-11-28 09:00 UTC);
+        let later = Some(datetime!(2026-11-30 17:00 UTC));
+        let earlier = Some(datetime!(2026-11-01 00:00 UTC));
+        assert!(is_stale_replay(1, occurred, later));
+        assert!(!is_stale_replay(0, occurred, later), "not a replay");
+        assert!(!is_stale_replay(2, occurred, earlier));
+        assert!(!is_stale_replay(1, occurred, None));
+    }
+
+    #[test]
+    fn actions_render_as_the_contract_shows() {
+        assert_eq!(
+            Action::GroupAssigned("Engineering-Core".into()).to_string(),
+            "group.assigned:Engineering-Core"
+        );
+        assert_eq!(Action::SkippedStale.to_string(), "skipped.stale");
+    }
+
+    #[test]
+    fn offboarding_mode_parses_case_insensitively() {
+        assert_eq!(
+            OffboardingMode::parse("Suspend"),
+            Some(OffboardingMode::Suspend)
+        );
+        assert_eq!(OffboardingMode::parse("archive"), None);
+    }
+}
