@@ -1,0 +1,656 @@
+//! A small client for the Okta Management API operations this service needs.
+//!
+//! It owns the Okta-specific protocol details: `SSWS` authentication (the header is
+//! marked sensitive so no HTTP log shows it), `X-Okta-Request-Id`, error bodies,
+//! `Link`-header pagination, the rate-limit headers (a 429 waits until
+//! `X-Rate-Limit-Reset`, as Okta's SDKs do, and says so with `X-Okta-Retry-For` /
+//! `X-Okta-Retry-Count`), and a cap on requests in flight (Okta's concurrency limit).
+
+use super::error::{ApiError, OktaError};
+use super::search;
+use crate::domain::plan::AccountStatus;
+use crate::secret::Secret;
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
+use reqwest::{Method, StatusCode, Url};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use time::OffsetDateTime;
+use tokio::sync::Semaphore;
+
+/// An Okta user, with the fields this service reads.
+#[derive(Debug, Clone, Deserialize)]
+pub struct OktaUser {
+    pub id: String,
+    pub status: String,
+    #[serde(rename = "statusChanged", default)]
+    pub status_changed: Option<String>,
+    #[serde(default)]
+    pub profile: Map<String, Value>,
+}
+
+impl OktaUser {
+    /// The user's lifecycle state.
+    pub fn account_status(&self) -> AccountStatus {
+        AccountStatus::parse(&self.status)
+    }
+
+    /// When the status last changed, if Okta says.
+    pub fn status_changed_at(&self) -> Option<OffsetDateTime> {
+        self.status_changed.as_deref().and_then(|s| {
+            OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
+        })
+    }
+}
+
+/// An Okta group, with the fields this service reads.
+#[derive(Debug, Clone, Deserialize)]
+pub struct OktaGroup {
+    pub id: String,
+    #[serde(rename = "type", default)]
+    pub group_type: String,
+    pub profile: GroupProfile,
+}
+
+/// The part of a group's profile this service reads.
+#[derive(Debug, Clone, Deserialize)]
+pub struct GroupProfile {
+    pub name: String,
+}
+
+/// Tuning of the client; defaults suit a production org.
+#[derive(Debug, Clone)]
+pub struct OktaClientSettings {
+    /// Whole-request timeout.
+    pub request_timeout: Duration,
+    /// At most this many requests in flight (Okta's org-wide concurrency limit is 75 for
+    /// workforce orgs; stay well under it so other integrations keep working).
+    pub max_in_flight: usize,
+    /// How often a 429 is waited out and retried inside one call before the caller is
+    /// told (the caller waits again without counting a failed attempt).
+    pub rate_limit_retries: u32,
+    /// The longest single wait for a rate-limit window to reset.
+    pub max_rate_limit_wait: Duration,
+}
+
+impl Default for OktaClientSettings {
+    fn default() -> Self {
+        Self {
+            request_timeout: Duration::from_secs(15),
+            max_in_flight: 32,
+            rate_limit_retries: 2,
+            max_rate_limit_wait: Duration::from_secs(65),
+        }
+    }
+}
+
+/// The Okta Management API client. Cheap to clone.
+#[derive(Clone)]
+pub struct OktaClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    base: Url,
+    authorization: HeaderValue,
+    in_flight: Semaphore,
+    settings: OktaClientSettings,
+    /// Last `X-Rate-Limit-Remaining` seen, -1 before any; for metrics and pacing.
+    last_remaining: AtomicI64,
+}
+
+impl std::fmt::Debug for OktaClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OktaClient")
+            .field("base", &self.inner.base.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum OktaSetupError {
+    #[error("OKTA_API_TOKEN contains characters that cannot be sent in an HTTP header")]
+    BadToken,
+    #[error("cannot build the HTTP client: {0}")]
+    Http(#[source] reqwest::Error),
+}
+
+/// A successful answer, already read.
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Vec<u8>,
+}
+
+impl OktaClient {
+    /// Builds a client for the org at `base` (e.g. `https://acme.okta.com`) with an SSWS
+    /// API token.
+    ///
+    /// # Errors
+    /// [`OktaSetupError`] when the token is not a valid header value or TLS cannot start.
+    pub fn new(
+        base: Url,
+        api_token: &Secret,
+        settings: OktaClientSettings,
+    ) -> Result<Self, OktaSetupError> {
+        let mut authorization = HeaderValue::from_str(&format!("SSWS {}", api_token.expose()))
+            .map_err(|_| OktaSetupError::BadToken)?;
+        authorization.set_sensitive(true);
+        let http = reqwest::Client::builder()
+            .timeout(settings.request_timeout)
+            .connect_timeout(Duration::from_secs(5))
+            .user_agent(concat!("iam-provisioner/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(OktaSetupError::Http)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                http,
+                base,
+                authorization,
+                in_flight: Semaphore::new(settings.max_in_flight.max(1)),
+                settings,
+                last_remaining: AtomicI64::new(-1),
+            }),
+        })
+    }
+
+    /// The org URL.
+    pub fn base_url(&self) -> &Url {
+        &self.inner.base
+    }
+
+    /// The last `X-Rate-Limit-Remaining` Okta reported, if any.
+    pub fn last_rate_limit_remaining(&self) -> Option<i64> {
+        let value = self.inner.last_remaining.load(Ordering::Relaxed);
+        (value >= 0).then_some(value)
+    }
+
+    fn url(&self, segments: &[&str]) -> Url {
+        let mut url = self.inner.base.clone();
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty();
+            for segment in segments {
+                path.push(segment);
+            }
+        }
+        url
+    }
+
+    /// `createUser`: creates the user, activated or staged, in `group_ids` (at most 20).
+    ///
+    /// # Errors
+    /// Any [`OktaError`]; a taken login is recognised by [`OktaError::is_duplicate_login`].
+    pub async fn create_user(
+        &self,
+        profile: &Map<String, Value>,
+        group_ids: &[String],
+        activate: bool,
+    ) -> Result<OktaUser, OktaError> {
+        let mut url = self.url(&["api", "v1", "users"]);
+        url.query_pairs_mut()
+            .append_pair("activate", if activate { "true" } else { "false" });
+        let mut body = serde_json::json!({ "profile": profile });
+        if !group_ids.is_empty() {
+            body["groupIds"] = serde_json::json!(group_ids);
+        }
+        self.call_json("createUser", Method::POST, url, Some(&body))
+            .await
+    }
+
+    /// `getUser` by id or login; `None` when Okta has no such user.
+    ///
+    /// # Errors
+    /// Any [`OktaError`] but "not found".
+    pub async fn get_user(&self, id_or_login: &str) -> Result<Option<OktaUser>, OktaError> {
+        let url = self.url(&["api", "v1", "users", id_or_login]);
+        match self.call_json("getUser", Method::GET, url, None).await {
+            Ok(user) => Ok(Some(user)),
+            Err(e) if e.is(404, "E0000007") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `listUsers` with `search=profile.employeeNumber eq "…"` (which, unlike a plain
+    /// list, includes deactivated users); the value is quoted so it cannot widen the search.
+    ///
+    /// # Errors
+    /// Any [`OktaError`].
+    pub async fn find_users_by_employee_number(
+        &self,
+        employee_number: &str,
+    ) -> Result<Vec<OktaUser>, OktaError> {
+        let mut url = self.url(&["api", "v1", "users"]);
+        url.query_pairs_mut().append_pair(
+            "search",
+            &search::equals("profile.employeeNumber", employee_number),
+        );
+        self.list_all("listUsers", url).await
+    }
+
+    /// `updateUser` (partial): sets the given profile fields, leaves the others.
+    ///
+    /// # Errors
+    /// Any [`OktaError`].
+    pub async fn update_profile(
+        &self,
+        user_id: &str,
+        changes: &Map<String, Value>,
+    ) -> Result<OktaUser, OktaError> {
+        let url = self.url(&["api", "v1", "users", user_id]);
+        let body = serde_json::json!({ "profile": changes });
+        self.call_json("updateUser", Method::POST, url, Some(&body))
+            .await
+    }
+
+    /// `listGroups` with `search=profile.name eq "…"`: exact name match (never `q=`,
+    /// which matches prefixes).
+    ///
+    /// # Errors
+    /// Any [`OktaError`].
+    pub async fn find_groups_by_name(&self, name: &str) -> Result<Vec<OktaGroup>, OktaError> {
+        let mut url = self.url(&["api", "v1", "groups"]);
+        url.query_pairs_mut()
+            .append_pair("search", &search::equals("profile.name", name));
+        self.list_all("listGroups", url).await
+    }
+
+    /// `getGroup`; `None` when Okta has no such group.
+    ///
+    /// # Errors
+    /// Any [`OktaError`] but "not found".
+    pub async fn get_group(&self, group_id: &str) -> Result<Option<OktaGroup>, OktaError> {
+        let url = self.url(&["api", "v1", "groups", group_id]);
+        match self.call_json("getGroup", Method::GET, url, None).await {
+            Ok(group) => Ok(Some(group)),
+            Err(e) if e.is(404, "E0000007") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `listUserGroups`: every group the user is in, all pages.
+    ///
+    /// # Errors
+    /// Any [`OktaError`].
+    pub async fn list_user_groups(&self, user_id: &str) -> Result<Vec<OktaGroup>, OktaError> {
+        let url = self.url(&["api", "v1", "users", user_id, "groups"]);
+        self.list_all("listUserGroups", url).await
+    }
+
+    /// `assignUserToGroup` (idempotent in Okta).
+    ///
+    /// # Errors
+    /// Any [`OktaError`].
+    pub async fn assign_to_group(&self, group_id: &str, user_id: &str) -> Result<(), OktaError> {
+        let url = self.url(&["api", "v1", "groups", group_id, "users", user_id]);
+        self.call("assignUserToGroup", Method::PUT, url, None)
+            .await
+            .map(drop)
+    }
+
+    /// `unassignUserFromGroup`.
+    ///
+    /// # Errors
+    /// Any [`OktaError`].
+    pub async fn remove_from_group(&self, group_id: &str, user_id: &str) -> Result<(), OktaError> {
+        let url = self.url(&["api", "v1", "groups", group_id, "users", user_id]);
+        self.call("unassignUserFromGroup", Method::DELETE, url, None)
+            .await
+            .map(drop)
+    }
+
+    /// `activateUser` without an email (from `STAGED` or `DEPROVISIONED`). Returns false
+    /// when Okta says the user is already active (403 `E0000016`).
+    ///
+    /// # Errors
+    /// Any other [`OktaError`].
+    pub async fn activate_user(&self, user_id: &str) -> Result<bool, OktaError> {
+        let mut url = self.lifecycle_url(user_id, "activate");
+        url.query_pairs_mut().append_pair("sendEmail", "false");
+        match self.call("activateUser", Method::POST, url, None).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.is(403, "E0000016") => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `unsuspendUser` (only from `SUSPENDED`).
+    ///
+    /// # Errors
+    /// Any [`OktaError`].
+    pub async fn unsuspend_user(&self, user_id: &str) -> Result<(), OktaError> {
+        let url = self.lifecycle_url(user_id, "unsuspend");
+        self.call("unsuspendUser", Method::POST, url, None)
+            .await
+            .map(drop)
+    }
+
+    /// `suspendUser` (only from `ACTIVE`).
+    ///
+    /// # Errors
+    /// Any [`OktaError`].
+    pub async fn suspend_user(&self, user_id: &str) -> Result<(), OktaError> {
+        let url = self.lifecycle_url(user_id, "suspend");
+        self.call("suspendUser", Method::POST, url, None)
+            .await
+            .map(drop)
+    }
+
+    /// `deactivateUser`. Returns false when the user was already deactivated: real Okta
+    /// has been seen answering 404 `E0000007` then (okta-sdk-java #721), which is
+    /// "already done", not a failure.
+    ///
+    /// # Errors
+    /// Any other [`OktaError`].
+    pub async fn deactivate_user(&self, user_id: &str) -> Result<bool, OktaError> {
+        let url = self.lifecycle_url(user_id, "deactivate");
+        match self.call("deactivateUser", Method::POST, url, None).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.is(404, "E0000007") => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `revokeUserSessions` including OAuth tokens: ends every session the user has.
+    ///
+    /// # Errors
+    /// Any [`OktaError`].
+    pub async fn revoke_sessions(&self, user_id: &str) -> Result<(), OktaError> {
+        let mut url = self.url(&["api", "v1", "users", user_id, "sessions"]);
+        url.query_pairs_mut().append_pair("oauthTokens", "true");
+        self.call("revokeUserSessions", Method::DELETE, url, None)
+            .await
+            .map(drop)
+    }
+
+    /// `deleteUser`: deletes a `DEPROVISIONED` user (Okta only deactivates others).
+    /// Returns false when the user is already gone.
+    ///
+    /// # Errors
+    /// Any other [`OktaError`].
+    pub async fn delete_user(&self, user_id: &str) -> Result<bool, OktaError> {
+        let url = self.url(&["api", "v1", "users", user_id]);
+        match self.call("deleteUser", Method::DELETE, url, None).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.is(404, "E0000007") => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn lifecycle_url(&self, user_id: &str, step: &str) -> Url {
+        self.url(&["api", "v1", "users", user_id, "lifecycle", step])
+    }
+
+    async fn call_json<T: DeserializeOwned>(
+        &self,
+        operation: &'static str,
+        method: Method,
+        url: Url,
+        body: Option<&Value>,
+    ) -> Result<T, OktaError> {
+        let answer = self.call(operation, method, url, body).await?;
+        decode(operation, &answer)
+    }
+
+    /// Fetches every page of a list, following `Link: rel="next"`.
+    async fn list_all<T: DeserializeOwned>(
+        &self,
+        operation: &'static str,
+        first: Url,
+    ) -> Result<Vec<T>, OktaError> {
+        let mut items = Vec::new();
+        let mut next = Some(first);
+        while let Some(url) = next.take() {
+            let answer = self.call(operation, Method::GET, url, None).await?;
+            let page: Vec<T> = decode(operation, &answer)?;
+            items.extend(page);
+            next = answer
+                .headers
+                .get_all(reqwest::header::LINK)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .find_map(search::next_link)
+                .and_then(|link| Url::parse(&link).ok());
+        }
+        Ok(items)
+    }
+
+    /// Sends one request, waiting out 429s as Okta's SDKs do, and turns error answers
+    /// into [`OktaError`].
+    #[tracing::instrument(name = "okta", skip_all, fields(okta.operation = operation, okta.request_id = tracing::field::Empty, http.status = tracing::field::Empty))]
+    async fn call(
+        &self,
+        operation: &'static str,
+        method: Method,
+        url: Url,
+        body: Option<&Value>,
+    ) -> Result<Answer, OktaError> {
+        let mut retry_for: Option<String> = None;
+        let mut rate_limit_retries = 0u32;
+        loop {
+            let mut request = self
+                .inner
+                .http
+                .request(method.clone(), url.clone())
+                .header(AUTHORIZATION, self.inner.authorization.clone())
+                .header(reqwest::header::ACCEPT, "application/json");
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            if let Some(previous) = &retry_for {
+                request = request
+                    .header("X-Okta-Retry-For", previous.as_str())
+                    .header("X-Okta-Retry-Count", rate_limit_retries.to_string());
+            }
+            let answer = {
+                let _permit = self.inner.in_flight.acquire().await;
+                let response = request
+                    .send()
+                    .await
+                    .map_err(|source| OktaError::Transport {
+                        operation,
+                        timed_out: source.is_timeout(),
+                        source,
+                    })?;
+                let status = response.status();
+                let headers = response.headers().clone();
+                let body = response
+                    .bytes()
+                    .await
+                    .map_err(|source| OktaError::Transport {
+                        operation,
+                        timed_out: source.is_timeout(),
+                        source,
+                    })?;
+                Answer {
+                    status,
+                    headers,
+                    body: body.to_vec(),
+                }
+            };
+            let request_id = header_str(&answer.headers, "x-okta-request-id").map(str::to_owned);
+            let span = tracing::Span::current();
+            span.record("http.status", answer.status.as_u16());
+            if let Some(id) = &request_id {
+                span.record("okta.request_id", id.as_str());
+            }
+            if let Some(remaining) = header_i64(&answer.headers, "x-rate-limit-remaining") {
+                self.inner
+                    .last_remaining
+                    .store(remaining, Ordering::Relaxed);
+            }
+            if answer.status.is_success() {
+                return Ok(answer);
+            }
+            if answer.status == StatusCode::TOO_MANY_REQUESTS {
+                let wait =
+                    rate_limit_wait(&answer.headers, self.inner.settings.max_rate_limit_wait);
+                if rate_limit_retries < self.inner.settings.rate_limit_retries {
+                    rate_limit_retries += 1;
+                    tracing::debug!(
+                        wait_ms = wait.as_millis() as u64,
+                        "Okta rate limit; waiting for the window to reset"
+                    );
+                    tokio::time::sleep(wait).await;
+                    retry_for = request_id;
+                    continue;
+                }
+                return Err(OktaError::RateLimited {
+                    operation,
+                    retry_after: wait,
+                    request_id,
+                });
+            }
+            return Err(api_error(operation, &answer, request_id));
+        }
+    }
+}
+
+fn decode<T: DeserializeOwned>(operation: &'static str, answer: &Answer) -> Result<T, OktaError> {
+    serde_json::from_slice(&answer.body).map_err(|e| OktaError::Decode {
+        operation,
+        message: e.to_string(),
+        request_id: header_str(&answer.headers, "x-okta-request-id").map(str::to_owned),
+    })
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    #[serde(rename = "errorCode")]
+    code: Option<String>,
+    #[serde(rename = "errorSummary", default)]
+    summary: String,
+    #[serde(rename = "errorCauses", default)]
+    causes: Vec<ErrorCause>,
+}
+
+#[derive(Deserialize)]
+struct ErrorCause {
+    #[serde(rename = "errorSummary", default)]
+    summary: String,
+}
+
+fn api_error(operation: &'static str, answer: &Answer, request_id: Option<String>) -> OktaError {
+    let parsed: Option<ErrorBody> = serde_json::from_slice(&answer.body).ok();
+    let (code, summary, causes) = match parsed {
+        Some(body) => (
+            body.code,
+            body.summary,
+            body.causes.into_iter().map(|c| c.summary).collect(),
+        ),
+        None => (
+            None,
+            answer
+                .status
+                .canonical_reason()
+                .unwrap_or("error")
+                .to_owned(),
+            Vec::new(),
+        ),
+    };
+    OktaError::Api(Box::new(ApiError {
+        operation,
+        status: answer.status.as_u16(),
+        code,
+        summary,
+        causes,
+        request_id,
+    }))
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn header_i64(headers: &HeaderMap, name: &str) -> Option<i64> {
+    header_str(headers, name).and_then(|v| v.trim().parse().ok())
+}
+
+/// How long to wait after a 429: `X-Rate-Limit-Reset − Date + 1 s` (Okta's SDK rule,
+/// using Okta's clock so that skew does not matter), plus up to 250 ms of jitter so
+/// that waiting workers do not all return at once; capped at `max`.
+pub fn rate_limit_wait(headers: &HeaderMap, max: Duration) -> Duration {
+    let reset = header_i64(headers, "x-rate-limit-reset");
+    let now = header_str(headers, "date")
+        .and_then(httpdate_to_unix)
+        .unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or_default()
+        });
+    let base = match reset {
+        Some(reset) => Duration::from_secs((reset - now).max(0) as u64 + 1),
+        None => Duration::from_secs(1),
+    };
+    (base + Duration::from_millis(fastrand::u64(0..250))).min(max)
+}
+
+/// Parses an IMF-fixdate (`Sun, 29 Nov 2026 06:07:40 GMT`) to Unix seconds.
+fn httpdate_to_unix(value: &str) -> Option<i64> {
+    let format = time::macros::format_description!(
+        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+    );
+    time::PrimitiveDateTime::parse(value.trim(), format)
+        .ok()
+        .map(|t| t.assume_utc().unix_timestamp())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_wait_uses_okta_clock_plus_one_second() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "date",
+            HeaderValue::from_static("Sun, 29 Nov 2026 06:07:40 GMT"),
+        );
+        let date = httpdate_to_unix("Sun, 29 Nov 2026 06:07:40 GMT").expect("date parses");
+        headers.insert(
+            "x-rate-limit-reset",
+            HeaderValue::from_str(&(date + 3).to_string()).expect("header"),
+        );
+        let wait = rate_limit_wait(&headers, Duration::from_secs(60));
+        assert!(
+            wait >= Duration::from_secs(4) && wait < Duration::from_millis(4250),
+            "{wait:?}"
+        );
+        assert_eq!(
+            rate_limit_wait(&headers, Duration::from_secs(2)),
+            Duration::from_secs(2)
+        );
+    }
+
+    #[test]
+    fn a_reset_in_the_past_waits_one_second() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "date",
+            HeaderValue::from_static("Sun, 29 Nov 2026 06:07:40 GMT"),
+        );
+        headers.insert("x-rate-limit-reset", HeaderValue::from_static("1000"));
+        let wait = rate_limit_wait(&headers, Duration::from_secs(60));
+        assert!(wait >= Duration::from_secs(1) && wait < Duration::from_millis(1250));
+    }
+
+    #[test]
+    fn path_segments_are_percent_encoded() {
+        let client = OktaClient::new(
+            Url::parse("https://acme.okta.com/").expect("url"),
+            &Secret::new("t"),
+            OktaClientSettings::default(),
+        )
+        .expect("client");
+        let url = client.url(&["api", "v1", "users", "a b/c@example.com"]);
+        assert_eq!(
+            url.as_str(),
+            "https://acme.okta.com/api/v1/users/a%20b%2Fc@example.com"
+        );
+    }
+}

@@ -1,0 +1,181 @@
+//! Errors from Okta, and their classification: the one place that decides whether a
+//! failure is transient (retry), a rate limit (wait), or permanent (dead-letter).
+
+use crate::domain::outcome::{ErrorKind, Failure};
+use std::time::Duration;
+
+/// What Okta said when it refused a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// The Okta operation, by its operationId (e.g. `createUser`).
+    pub operation: &'static str,
+    pub status: u16,
+    /// Okta's `errorCode`, e.g. `E0000001`; the only field meant for program logic.
+    pub code: Option<String>,
+    pub summary: String,
+    pub causes: Vec<String>,
+    pub request_id: Option<String>,
+}
+
+/// A failed Okta call.
+#[derive(Debug, thiserror::Error)]
+pub enum OktaError {
+    /// No usable HTTP answer: connection refused or reset, DNS, TLS, timeout.
+    #[error("Okta {operation} request failed{}", if *.timed_out { " (timed out)" } else { "" })]
+    Transport {
+        operation: &'static str,
+        timed_out: bool,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// Okta answered with an error status.
+    #[error("Okta answered {} {} to {}: {}{}", .0.status, .0.code.as_deref().unwrap_or("(no error code)"), .0.operation, .0.summary, causes_suffix(&.0.causes))]
+    Api(Box<ApiError>),
+    /// Okta's rate limit is still in force after the client's own waits.
+    #[error("Okta rate limit reached on {operation}; the window resets in {}s", .retry_after.as_secs())]
+    RateLimited {
+        operation: &'static str,
+        retry_after: Duration,
+        request_id: Option<String>,
+    },
+    /// Okta answered 2xx with a body this client cannot read.
+    #[error("Okta's answer to {operation} could not be read: {message}")]
+    Decode {
+        operation: &'static str,
+        message: String,
+        request_id: Option<String>,
+    },
+}
+
+fn causes_suffix(causes: &[String]) -> String {
+    if causes.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", causes.join("; "))
+    }
+}
+
+/// Whether an HTTP status is worth retrying: 408, 429 and 5xx except 501.
+pub fn is_transient_status(status: u16) -> bool {
+    status == 408 || status == 429 || ((500..600).contains(&status) && status != 501)
+}
+
+impl OktaError {
+    /// The contract's error kind for this failure.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            OktaError::Transport { .. } | OktaError::Decode { .. } => ErrorKind::Transient,
+            OktaError::RateLimited { .. } => ErrorKind::RateLimited,
+            OktaError::Api(api) if api.status == 429 => ErrorKind::RateLimited,
+            OktaError::Api(api) if is_transient_status(api.status) => ErrorKind::Transient,
+            OktaError::Api(_) => ErrorKind::Okta,
+        }
+    }
+
+    /// Okta's `errorCode`, when Okta answered with one.
+    pub fn error_code(&self) -> Option<&str> {
+        match self {
+            OktaError::Api(api) => api.code.as_deref(),
+            OktaError::RateLimited { .. } => Some("E0000047"),
+            _ => None,
+        }
+    }
+
+    /// Okta's `X-Okta-Request-Id`, when Okta answered.
+    pub fn request_id(&self) -> Option<&str> {
+        match self {
+            OktaError::Api(api) => api.request_id.as_deref(),
+            OktaError::RateLimited { request_id, .. } | OktaError::Decode { request_id, .. } => {
+                request_id.as_deref()
+            }
+            OktaError::Transport { .. } => None,
+        }
+    }
+
+    /// True for Okta's answer `status` with `errorCode` `code`.
+    pub fn is(&self, status: u16, code: &str) -> bool {
+        matches!(self, OktaError::Api(api) if api.status == status && api.code.as_deref() == Some(code))
+    }
+
+    /// True when a create failed because the login is taken (400 `E0000001` with an
+    /// "already exists" cause): the service then adopts the existing user.
+    pub fn is_duplicate_login(&self) -> bool {
+        match self {
+            OktaError::Api(api) => {
+                api.status == 400
+                    && api.code.as_deref() == Some("E0000001")
+                    && api
+                        .causes
+                        .iter()
+                        .any(|c| c.to_ascii_lowercase().contains("already exists"))
+            }
+            _ => false,
+        }
+    }
+
+    /// This error as reported in outcomes and dead-letter headers.
+    pub fn to_failure(&self) -> Failure {
+        Failure {
+            kind: self.kind(),
+            message: self.to_string(),
+            okta_error_code: self.error_code().map(str::to_owned),
+            okta_request_id: self.request_id().map(str::to_owned),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(status: u16, code: &str, causes: &[&str]) -> OktaError {
+        OktaError::Api(Box::new(ApiError {
+            operation: "createUser",
+            status,
+            code: Some(code.into()),
+            summary: "summary".into(),
+            causes: causes.iter().map(|c| c.to_string()).collect(),
+            request_id: Some("req-1".into()),
+        }))
+    }
+
+    #[test]
+    fn statuses_are_classified_as_the_retry_rules_say() {
+        for status in [408, 500, 502, 503, 504] {
+            assert_eq!(
+                api(status, "E0000009", &[]).kind(),
+                ErrorKind::Transient,
+                "{status}"
+            );
+        }
+        assert_eq!(api(429, "E0000047", &[]).kind(), ErrorKind::RateLimited);
+        for status in [400, 401, 403, 404, 409, 501] {
+            assert_eq!(
+                api(status, "E0000001", &[]).kind(),
+                ErrorKind::Okta,
+                "{status}"
+            );
+        }
+    }
+
+    #[test]
+    fn duplicate_login_is_recognised_by_code_and_cause() {
+        let duplicate = api(
+            400,
+            "E0000001",
+            &["login: An object with this field already exists in the current organization"],
+        );
+        assert!(duplicate.is_duplicate_login());
+        assert!(!api(400, "E0000001", &["firstName: required"]).is_duplicate_login());
+        assert!(!api(400, "E0000003", &["already exists"]).is_duplicate_login());
+    }
+
+    #[test]
+    fn failure_carries_okta_code_and_request_id() {
+        let failure = api(403, "E0000006", &[]).to_failure();
+        assert_eq!(failure.kind, ErrorKind::Okta);
+        assert_eq!(failure.okta_error_code.as_deref(), Some("E0000006"));
+        assert_eq!(failure.okta_request_id.as_deref(), Some("req-1"));
+        assert!(failure.message.contains("403 E0000006"));
+    }
+}

@@ -1,0 +1,168 @@
+//! The group directory: resolves the mapping's targets (names or ids) to Okta groups,
+//! and caches them so that a hire costs one Okta call, not one per group.
+//!
+//! Names are resolved by exact name. Each target has its own cell, so that under
+//! concurrency one target costs one Okta lookup (the others wait for it). Entries
+//! expire after a TTL so renamed or recreated groups are picked up. Misses and errors
+//! are not cached: an admin who creates a missing group can replay at once.
+
+use super::client::{OktaClient, OktaGroup};
+use super::error::OktaError;
+use crate::domain::mapping::GroupTarget;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::OnceCell;
+
+/// An Okta group the service may assign.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedGroup {
+    pub id: String,
+    pub name: String,
+}
+
+/// Why a mapping target cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum GroupLookupError {
+    #[error("mapped Okta group {0} does not exist in Okta")]
+    Missing(GroupTarget),
+    #[error("mapped Okta group {target} is of type {group_type}; only OKTA_GROUP groups accept memberships")]
+    NotAssignable {
+        target: GroupTarget,
+        group_type: String,
+    },
+    #[error("mapped Okta group {target} is ambiguous: {count} OKTA_GROUP groups have that name")]
+    Ambiguous { target: GroupTarget, count: usize },
+    #[error(transparent)]
+    Okta(#[from] OktaError),
+}
+
+/// Cache counters, for metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CacheStats {
+    pub hits: u64,
+    pub misses: u64,
+}
+
+struct Slot {
+    created: Instant,
+    cell: OnceCell<ResolvedGroup>,
+}
+
+/// Resolves and caches mapping targets.
+pub struct GroupDirectory {
+    okta: OktaClient,
+    ttl: Duration,
+    slots: Mutex<HashMap<GroupTarget, Arc<Slot>>>,
+    stats: Mutex<CacheStats>,
+}
+
+impl GroupDirectory {
+    /// A directory whose entries live `ttl`.
+    pub fn new(okta: OktaClient, ttl: Duration) -> Self {
+        Self {
+            okta,
+            ttl,
+            slots: Mutex::new(HashMap::new()),
+            stats: Mutex::new(CacheStats::default()),
+        }
+    }
+
+    /// Hits and misses so far.
+    pub fn stats(&self) -> CacheStats {
+        self.stats.lock().map(|s| *s).unwrap_or_default()
+    }
+
+    fn slot(&self, target: &GroupTarget) -> Arc<Slot> {
+        let mut slots = match self.slots.lock() {
+            Ok(slots) => slots,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let fresh = |slot: &Arc<Slot>| slot.created.elapsed() < self.ttl;
+        match slots.get(target) {
+            Some(slot) if fresh(slot) => Arc::clone(slot),
+            _ => {
+                let slot = Arc::new(Slot {
+                    created: Instant::now(),
+                    cell: OnceCell::new(),
+                });
+                slots.insert(target.clone(), Arc::clone(&slot));
+                slot
+            }
+        }
+    }
+
+    /// Resolves one target to an assignable Okta group.
+    ///
+    /// # Errors
+    /// [`GroupLookupError`]: missing, not an `OKTA_GROUP`, ambiguous, or Okta failed.
+    pub async fn resolve(&self, target: &GroupTarget) -> Result<ResolvedGroup, GroupLookupError> {
+        let slot = self.slot(target);
+        if let Some(group) = slot.cell.get() {
+            self.count(true);
+            return Ok(group.clone());
+        }
+        let group = slot
+            .cell
+            .get_or_try_init(|| async {
+                self.count(false);
+                self.lookup(target).await
+            })
+            .await?;
+        Ok(group.clone())
+    }
+
+    fn count(&self, hit: bool) {
+        if let Ok(mut stats) = self.stats.lock() {
+            if hit {
+                stats.hits += 1;
+            } else {
+                stats.misses += 1;
+            }
+        }
+    }
+
+    async fn lookup(&self, target: &GroupTarget) -> Result<ResolvedGroup, GroupLookupError> {
+        let group = match target {
+            GroupTarget::Id(id) => self
+                .okta
+                .get_group(id)
+                .await?
+                .ok_or_else(|| GroupLookupError::Missing(target.clone()))?,
+            GroupTarget::Name(name) => {
+                let found = self.okta.find_groups_by_name(name).await?;
+                // Okta's search is exact, but be strict: a fake or a proxy must not turn a
+                // prefix match into a membership.
+                let same_name: Vec<OktaGroup> = found
+                    .into_iter()
+                    .filter(|g| g.profile.name == *name)
+                    .collect();
+                let okta_groups: Vec<&OktaGroup> = same_name
+                    .iter()
+                    .filter(|g| g.group_type == "OKTA_GROUP")
+                    .collect();
+                match (okta_groups.as_slice(), same_name.first()) {
+                    ([one], _) => (*one).clone(),
+                    ([], None) => return Err(GroupLookupError::Missing(target.clone())),
+                    ([], Some(other)) => other.clone(),
+                    (many, _) => {
+                        return Err(GroupLookupError::Ambiguous {
+                            target: target.clone(),
+                            count: many.len(),
+                        })
+                    }
+                }
+            }
+        };
+        if group.group_type != "OKTA_GROUP" {
+            return Err(GroupLookupError::NotAssignable {
+                target: target.clone(),
+                group_type: group.group_type,
+            });
+        }
+        Ok(ResolvedGroup {
+            id: group.id,
+            name: group.profile.name,
+        })
+    }
+}

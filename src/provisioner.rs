@@ -1,0 +1,470 @@
+//! The provisioner: carries out one validated HR event against Okta.
+//!
+//! It reads Okta, asks the pure rules in `domain::plan` what to do, and does it. Every
+//! path converges: running it again for the same event (a redelivery after a crash, a
+//! duplicate publish) finds the work done and does nothing more.
+
+use crate::domain::event::{EmployeeRecord, EventBody, HrEvent, LeaverRef};
+use crate::domain::mapping::GroupMapping;
+use crate::domain::outcome::{ErrorKind, Failure};
+use crate::domain::plan::{self, AccountStatus, Action, LifecycleStep, OffboardingMode};
+use crate::okta::groups::{GroupDirectory, GroupLookupError, ResolvedGroup};
+use crate::okta::{OktaClient, OktaError, OktaUser};
+use serde_json::{Map, Value};
+use std::sync::{Arc, RwLock};
+
+/// Okta's limit of `groupIds` in one `createUser` call.
+const MAX_GROUPS_ON_CREATE: usize = 20;
+
+/// The mapping in force; replaceable at run time (a reload swaps the whole mapping, so an
+/// event always sees one consistent version).
+#[derive(Clone, Default)]
+pub struct SharedMapping(Arc<RwLock<Arc<GroupMapping>>>);
+
+impl SharedMapping {
+    /// Wraps a mapping.
+    pub fn new(mapping: GroupMapping) -> Self {
+        Self(Arc::new(RwLock::new(Arc::new(mapping))))
+    }
+
+    /// The mapping in force now.
+    pub fn current(&self) -> Arc<GroupMapping> {
+        match self.0.read() {
+            Ok(m) => Arc::clone(&m),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Puts a new mapping in force.
+    pub fn replace(&self, mapping: GroupMapping) {
+        let mut slot = match self.0.write() {
+            Ok(slot) => slot,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *slot = Arc::new(mapping);
+    }
+}
+
+/// Facts about the delivery that change what an event may do.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DeliveryFacts {
+    /// `x-replay-count` of a message replayed from the dead-letter queue; 0 otherwise.
+    pub replay_count: u32,
+}
+
+/// What an event did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    pub okta_user_id: Option<String>,
+    pub actions: Vec<Action>,
+    pub unmapped_groups: Vec<String>,
+}
+
+/// Why an event could not be carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    #[error(transparent)]
+    Mapping(GroupLookupError),
+    #[error(transparent)]
+    Okta(#[from] OktaError),
+    #[error("{count} Okta users have employeeNumber {employee_id:?}; refusing to guess which one leaves")]
+    AmbiguousEmployee { employee_id: String, count: usize },
+    #[error("Okta reported login {login:?} as taken but returned no such user; will retry")]
+    VanishedUser { login: String },
+}
+
+impl From<GroupLookupError> for ProvisionError {
+    fn from(error: GroupLookupError) -> Self {
+        match error {
+            // Okta failing while we look a group up is an Okta failure, not the mapping's.
+            GroupLookupError::Okta(okta) => ProvisionError::Okta(okta),
+            other => ProvisionError::Mapping(other),
+        }
+    }
+}
+
+impl ProvisionError {
+    /// The failure as reported in outcomes and dead-letter headers.
+    pub fn to_failure(&self) -> Failure {
+        match self {
+            ProvisionError::Okta(okta) => okta.to_failure(),
+            ProvisionError::Mapping(_) => Failure::new(ErrorKind::Mapping, self.to_string()),
+            ProvisionError::AmbiguousEmployee { .. } => {
+                Failure::new(ErrorKind::Okta, self.to_string())
+            }
+            ProvisionError::VanishedUser { .. } => {
+                Failure::new(ErrorKind::Transient, self.to_string())
+            }
+        }
+    }
+}
+
+/// Carries out HR events against Okta.
+pub struct Provisioner {
+    okta: OktaClient,
+    groups: GroupDirectory,
+    mapping: SharedMapping,
+    offboarding: OffboardingMode,
+}
+
+impl Provisioner {
+    /// A provisioner with its own group cache.
+    pub fn new(
+        okta: OktaClient,
+        groups: GroupDirectory,
+        mapping: SharedMapping,
+        offboarding: OffboardingMode,
+    ) -> Self {
+        Self {
+            okta,
+            groups,
+            mapping,
+            offboarding,
+        }
+    }
+
+    /// The Okta client, for health probes.
+    pub fn okta(&self) -> &OktaClient {
+        &self.okta
+    }
+
+    /// The group cache, for metrics and warm-up.
+    pub fn groups(&self) -> &GroupDirectory {
+        &self.groups
+    }
+
+    /// Resolves every mapped group once, so the first hires find them cached; returns the
+    /// problems found (they fail only the events that need those groups).
+    pub async fn warm_group_cache(&self) -> Vec<GroupLookupError> {
+        let mut problems = Vec::new();
+        for target in self.mapping.current().all_targets() {
+            if let Err(problem) = self.groups.resolve(&target).await {
+                problems.push(problem);
+            }
+        }
+        problems
+    }
+
+    /// Carries out one event.
+    ///
+    /// # Errors
+    /// [`ProvisionError`]; its `to_failure().kind` says whether a retry may help.
+    #[tracing::instrument(name = "provision", skip_all, fields(event_id = event.event_id.as_str(), event_type = %event.event_type()))]
+    pub async fn provision(
+        &self,
+        event: &HrEvent,
+        facts: DeliveryFacts,
+    ) -> Result<Report, ProvisionError> {
+        match &event.body {
+            EventBody::Added(record) => self.hire(event, record, facts).await,
+            EventBody::Updated(record) => self.update(event, record, facts).await,
+            EventBody::Removed { leaver, .. } => self.offboard(leaver).await,
+        }
+    }
+
+    async fn hire(
+        &self,
+        event: &HrEvent,
+        record: &EmployeeRecord,
+        facts: DeliveryFacts,
+    ) -> Result<Report, ProvisionError> {
+        let mapping = self.mapping.current();
+        let resolved = mapping.resolve(&record.groups);
+        let desired = self.resolve_all(&resolved.targets).await?;
+        let mut report = Report {
+            unmapped_groups: resolved.unmapped,
+            ..Report::default()
+        };
+        let (on_create, later) = desired.split_at(desired.len().min(MAX_GROUPS_ON_CREATE));
+        let ids: Vec<String> = on_create.iter().map(|g| g.id.clone()).collect();
+        match self
+            .okta
+            .create_user(&okta_profile(record), &ids, true)
+            .await
+        {
+            Ok(user) => {
+                report.actions.push(Action::UserCreated);
+                report.actions.extend(
+                    on_create
+                        .iter()
+                        .map(|g| Action::GroupAssigned(g.name.clone())),
+                );
+                for group in later {
+                    self.okta.assign_to_group(&group.id, &user.id).await?;
+                    report
+                        .actions
+                        .push(Action::GroupAssigned(group.name.clone()));
+                }
+                report.okta_user_id = Some(user.id);
+                Ok(report)
+            }
+            Err(e) if e.is_duplicate_login() => {
+                let login = record.email.as_str();
+                let user = self.okta.get_user(login).await?.ok_or_else(|| {
+                    ProvisionError::VanishedUser {
+                        login: login.to_owned(),
+                    }
+                })?;
+                report.okta_user_id = Some(user.id.clone());
+                if plan::is_stale_replay(
+                    facts.replay_count,
+                    event.occurred_at,
+                    user.status_changed_at(),
+                ) {
+                    report.actions.push(Action::SkippedStale);
+                    return Ok(report);
+                }
+                // Memberships first: a rehire must never be enabled while still holding
+                // a previous job's groups.
+                self.sync_membership(&user, &desired, &mut report).await?;
+                self.sync_profile(&user, record, &mut report).await?;
+                let status = user.account_status();
+                match plan::rehire_step(&status) {
+                    // False when Okta says the user is already active: nothing done.
+                    Some(LifecycleStep::Activate) if self.okta.activate_user(&user.id).await? => {
+                        report
+                            .actions
+                            .push(if status == AccountStatus::Deprovisioned {
+                                Action::UserReactivated
+                            } else {
+                                Action::UserActivated
+                            });
+                    }
+                    Some(LifecycleStep::Unsuspend) => {
+                        self.okta.unsuspend_user(&user.id).await?;
+                        report.actions.push(Action::UserUnsuspended);
+                    }
+                    _ => {}
+                }
+                Ok(report)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn update(
+        &self,
+        event: &HrEvent,
+        record: &EmployeeRecord,
+        facts: DeliveryFacts,
+    ) -> Result<Report, ProvisionError> {
+        let mapping = self.mapping.current();
+        let resolved = mapping.resolve(&record.groups);
+        let desired = self.resolve_all(&resolved.targets).await?;
+        let mut report = Report {
+            unmapped_groups: resolved.unmapped,
+            ..Report::default()
+        };
+        let leaver_ref = LeaverRef {
+            id: Some(record.id.clone()),
+            email: Some(record.email.clone()),
+        };
+        let Some(user) = self.find_user(&leaver_ref).await? else {
+            return Ok(report);
+        };
+        report.okta_user_id = Some(user.id.clone());
+        if plan::is_stale_replay(
+            facts.replay_count,
+            event.occurred_at,
+            user.status_changed_at(),
+        ) {
+            report.actions.push(Action::SkippedStale);
+            return Ok(report);
+        }
+        self.sync_membership(&user, &desired, &mut report).await?;
+        self.sync_profile(&user, record, &mut report).await?;
+        Ok(report)
+    }
+
+    async fn offboard(&self, leaver: &LeaverRef) -> Result<Report, ProvisionError> {
+        let mut report = Report::default();
+        let Some(user) = self.find_user(leaver).await? else {
+            return Ok(report);
+        };
+        report.okta_user_id = Some(user.id.clone());
+        for step in plan::offboarding_steps(&user.account_status(), self.offboarding) {
+            match step {
+                LifecycleStep::RevokeSessions => {
+                    self.okta.revoke_sessions(&user.id).await?;
+                    report.actions.push(Action::SessionsRevoked);
+                }
+                LifecycleStep::Deactivate => {
+                    if self.okta.deactivate_user(&user.id).await? {
+                        report.actions.push(Action::UserDeactivated);
+                    }
+                }
+                LifecycleStep::Suspend => {
+                    self.okta.suspend_user(&user.id).await?;
+                    report.actions.push(Action::UserSuspended);
+                }
+                LifecycleStep::Delete => {
+                    if self.okta.delete_user(&user.id).await? {
+                        report.actions.push(Action::UserDeleted);
+                    }
+                }
+                LifecycleStep::Activate | LifecycleStep::Unsuspend => {}
+            }
+        }
+        Ok(report)
+    }
+
+    /// Finds a user by login (email) first, else by `profile.employeeNumber`.
+    async fn find_user(&self, who: &LeaverRef) -> Result<Option<OktaUser>, ProvisionError> {
+        if let Some(email) = &who.email {
+            if let Some(user) = self.okta.get_user(email.as_str()).await? {
+                return Ok(Some(user));
+            }
+        }
+        let Some(id) = &who.id else {
+            return Ok(None);
+        };
+        let mut found = self.okta.find_users_by_employee_number(id.as_str()).await?;
+        // The search is exact, but only trust an exact, same-value match.
+        found.retain(|u| {
+            u.profile.get("employeeNumber").and_then(Value::as_str) == Some(id.as_str())
+        });
+        match found.len() {
+            0 => Ok(None),
+            1 => Ok(found.pop()),
+            count => Err(ProvisionError::AmbiguousEmployee {
+                employee_id: id.as_str().to_owned(),
+                count,
+            }),
+        }
+    }
+
+    async fn resolve_all(
+        &self,
+        targets: &[crate::domain::mapping::GroupTarget],
+    ) -> Result<Vec<ResolvedGroup>, ProvisionError> {
+        let mut groups: Vec<ResolvedGroup> = Vec::with_capacity(targets.len());
+        for target in targets {
+            let group = self.groups.resolve(target).await?;
+            if !groups.iter().any(|g| g.id == group.id) {
+                groups.push(group);
+            }
+        }
+        Ok(groups)
+    }
+
+    /// The ids of every mapped group that exists: the groups this service manages.
+    async fn managed_group_ids(&self) -> Result<Vec<String>, ProvisionError> {
+        let mut ids = Vec::new();
+        for target in self.mapping.current().all_targets() {
+            match self.groups.resolve(&target).await {
+                Ok(group) => ids.push(group.id),
+                // A mapped group Okta lacks has no members to remove.
+                Err(GroupLookupError::Okta(e)) => return Err(e.into()),
+                Err(_) => {}
+            }
+        }
+        Ok(ids)
+    }
+
+    async fn sync_membership(
+        &self,
+        user: &OktaUser,
+        desired: &[ResolvedGroup],
+        report: &mut Report,
+    ) -> Result<(), ProvisionError> {
+        let managed = self.managed_group_ids().await?;
+        let current_groups = self.okta.list_user_groups(&user.id).await?;
+        let current: Vec<String> = current_groups.iter().map(|g| g.id.clone()).collect();
+        let desired_ids: Vec<String> = desired.iter().map(|g| g.id.clone()).collect();
+        let plan = plan::plan_membership(&current, &desired_ids, &managed);
+        let name_of = |id: &str| {
+            current_groups
+                .iter()
+                .find(|g| g.id == id)
+                .map(|g| g.profile.name.clone())
+                .or_else(|| desired.iter().find(|g| g.id == id).map(|g| g.name.clone()))
+                .unwrap_or_else(|| id.to_owned())
+        };
+        for id in &plan.remove {
+            self.okta.remove_from_group(id, &user.id).await?;
+            report.actions.push(Action::GroupRemoved(name_of(id)));
+        }
+        for id in &plan.add {
+            self.okta.assign_to_group(id, &user.id).await?;
+            report.actions.push(Action::GroupAssigned(name_of(id)));
+        }
+        Ok(())
+    }
+
+    async fn sync_profile(
+        &self,
+        user: &OktaUser,
+        record: &EmployeeRecord,
+        report: &mut Report,
+    ) -> Result<(), ProvisionError> {
+        let changes = profile_changes(&user.profile, &okta_profile(record));
+        if !changes.is_empty() {
+            self.okta.update_profile(&user.id, &changes).await?;
+            report.actions.push(Action::ProfileUpdated);
+        }
+        Ok(())
+    }
+}
+
+/// The Okta profile HR's record describes (contract section 2): `login` = `email`,
+/// names, `employeeNumber`, and the optional attributes of Okta's base profile.
+pub fn okta_profile(record: &EmployeeRecord) -> Map<String, Value> {
+    let mut profile = Map::new();
+    let mut put = |key: &str, value: &str| {
+        profile.insert(key.to_owned(), Value::String(value.to_owned()));
+    };
+    put("login", record.email.as_str());
+    put("email", record.email.as_str());
+    put("firstName", &record.first_name);
+    put("lastName", &record.last_name);
+    put("employeeNumber", record.id.as_str());
+    if let Some(department) = &record.department {
+        put("department", department);
+    }
+    if let Some(title) = &record.title {
+        put("title", title);
+    }
+    if let Some(manager) = &record.manager_email {
+        // HR identifies the manager by email; Okta's base profile has `managerId` (an
+        // identifier) and `manager` (a display name). The email serves as both.
+        put("managerId", manager.as_str());
+        put("manager", manager.as_str());
+    }
+    profile
+}
+
+/// The fields of `wanted` whose value differs from `current`; logins and emails compare
+/// case-insensitively, as Okta does.
+pub fn profile_changes(
+    current: &Map<String, Value>,
+    wanted: &Map<String, Value>,
+) -> Map<String, Value> {
+    wanted
+        .iter()
+        .filter(|(key, value)| {
+            let now = current.get(key.as_str());
+            match (key.as_str(), now.and_then(Value::as_str), value.as_str()) {
+                ("login" | "email", Some(a), Some(b)) => !a.eq_ignore_ascii_case(b),
+                _ => now != Some(value),
+            }
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn only_differing_profile_fields_are_sent() {
+        let current = json!({"login": "ADA@example.com", "email": "ada@example.com", "firstName": "Ada", "lastName": "Byron", "title": "Eng"});
+        let wanted = json!({"login": "ada@example.com", "email": "ada@example.com", "firstName": "Ada", "lastName": "Lovelace"});
+        let changes = profile_changes(
+            current.as_object().expect("object"),
+            wanted.as_object().expect("object"),
+        );
+        assert_eq!(Value::Object(changes), json!({"lastName": "Lovelace"}));
+    }
+}
