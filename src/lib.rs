@@ -2,4 +2,16 @@
 //!
 //! See `ARCHITECTURE.md` for the map of this crate.
 
+pub mod amqp;
+pub mod app;
+pub mod config;
+pub mod domain;
+pub mod health;
+pub mod okta;
 pub mod okta_sim;
+pub mod provisioner;
+pub mod retry;
+pub mod secret;
+pub mod sequencer;
+pub mod telemetry;
+pub mod worker;

@@ -1,1 +1,250 @@
-fn main() {}
+//! `iam-provisioner`: the command line. Thin on purpose: it parses arguments, installs
+//! logging, builds the application from the environment and runs it until a signal.
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use iam_provisioner::app::{Application, OktaEndpoint};
+use iam_provisioner::config::{OktaTarget, Settings};
+use iam_provisioner::domain::mapping::{GroupMapping, GroupTarget};
+use iam_provisioner::okta_sim::{self, OktaSim, RateLimit, SimConfig};
+use iam_provisioner::secret::Secret;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "iam-provisioner",
+    version,
+    about = "Keeps Okta in step with HR events published to RabbitMQ"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service: consume HR events, provision Okta, publish outcomes.
+    /// Configured by environment variables (see the README).
+    Run(RunArgs),
+    /// Run the fake Okta on its own, for local work and docker-compose.
+    OktaSim(SimArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Use the built-in FAKE Okta, started in-process, instead of a real org.
+    /// For trying the service out; never for production.
+    #[arg(long)]
+    okta_sim: bool,
+    /// With --okta-sim: where the fake Okta listens (its /__sim/users shows what the
+    /// service did).
+    #[arg(long, default_value = "127.0.0.1:8081", requires = "okta_sim")]
+    okta_sim_listen: SocketAddr,
+}
+
+#[derive(Args)]
+struct SimArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8081", env = "OKTA_SIM_LISTEN")]
+    listen: SocketAddr,
+    /// The API token clients must send as `Authorization: SSWS <token>`.
+    #[arg(long, env = "OKTA_SIM_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// An OKTA_GROUP group to create at start (repeatable).
+    #[arg(long = "group")]
+    groups: Vec<String>,
+    /// A file with one group name per line (blank lines and # comments ignored), or a
+    /// mapping file (.json/.yaml/.toml) whose target groups are created.
+    #[arg(long, env = "OKTA_SIM_GROUPS_FILE")]
+    groups_file: Option<PathBuf>,
+    /// Delay added to every API response, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
+    /// Requests allowed per rate-limit window and endpoint bucket (0: unlimited).
+    #[arg(long, default_value_t = 0)]
+    rate_limit: u32,
+    /// Length of the rate-limit window, in seconds.
+    #[arg(long, default_value_t = 60)]
+    rate_window_secs: u64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(message) = iam_provisioner::telemetry::init() {
+        eprintln!("error: {message}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run(args) => run(args).await,
+            Command::OktaSim(args) => run_sim(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // One line, with the cause chain, for humans and log collectors alike.
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The mapping used by `run --okta-sim` when none is configured, so a newcomer sees
+/// groups assigned.
+fn demo_mapping() -> GroupMapping {
+    GroupMapping::from_pairs([
+        ("*", &["All-Staff"][..]),
+        ("Engineering", &["Engineering-Core", "GitHub-Users"][..]),
+        ("Sales", &["Sales-App-Access"][..]),
+    ])
+}
+
+fn mapped_group_names(mapping: &GroupMapping) -> Vec<String> {
+    mapping
+        .all_targets()
+        .into_iter()
+        .filter_map(|t| match t {
+            GroupTarget::Name(name) => Some(name),
+            GroupTarget::Id(_) => None,
+        })
+        .collect()
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let settings = Settings::from_env(args.okta_sim)?;
+    let mut mapping = settings.mapping.clone();
+    let mut _sim_guard = None;
+    let okta = match &settings.okta {
+        OktaTarget::Org { url, api_token } => OktaEndpoint {
+            url: url.clone(),
+            api_token: api_token.clone(),
+        },
+        OktaTarget::Simulated => {
+            let mapping = mapping.get_or_insert_with(|| {
+                tracing::warn!("no GROUP_MAPPING or GROUP_MAPPING_FILE: using the demo mapping {{\"*\": \"All-Staff\", \"Engineering\": [\"Engineering-Core\", \"GitHub-Users\"], \"Sales\": \"Sales-App-Access\"}}");
+                demo_mapping()
+            });
+            let sim = OktaSim::start(SimConfig {
+                listen: args.okta_sim_listen,
+                groups: mapped_group_names(mapping),
+                ..SimConfig::default()
+            })
+            .await
+            .with_context(|| format!("cannot start the fake Okta on {}", args.okta_sim_listen))?;
+            tracing::warn!(
+                okta_sim = %sim.base_url(),
+                "!!! RUNNING AGAINST THE BUILT-IN FAKE OKTA (--okta-sim): no real Okta org is changed. \
+                 Never use this in production. See what the service did at {}/__sim/users",
+                sim.base_url()
+            );
+            let endpoint = OktaEndpoint {
+                url: reqwest::Url::parse(&sim.base_url()).context("fake Okta URL")?,
+                api_token: Secret::new(sim.api_token()),
+            };
+            _sim_guard = Some(sim);
+            endpoint
+        }
+    };
+    let mapping = mapping.unwrap_or_else(|| {
+        tracing::warn!("no group mapping configured: users are created without groups");
+        GroupMapping::default()
+    });
+    tracing::info!(
+        okta = %okta.url,
+        offboarding = ?settings.offboarding,
+        concurrency = settings.concurrency,
+        work_queue = %settings.topology.work_queue,
+        "starting iam-provisioner"
+    );
+    let app = Application::build(settings, okta, mapping).await?;
+    tracing::info!(http = %app.http_address(), "health endpoints listening");
+    app.run_until(shutdown_signal()).await;
+    Ok(())
+}
+
+async fn run_sim(args: SimArgs) -> anyhow::Result<()> {
+    let mut groups = args.groups.clone();
+    if let Some(path) = &args.groups_file {
+        groups.extend(read_group_names(path)?);
+    }
+    let mut config = SimConfig {
+        listen: args.listen,
+        groups,
+        latency: Duration::from_millis(args.latency_ms),
+        rate_limit: (args.rate_limit > 0).then(|| RateLimit {
+            requests_per_window: args.rate_limit,
+            window: Duration::from_secs(args.rate_window_secs.max(1)),
+        }),
+        ..SimConfig::default()
+    };
+    if let Some(token) = args.token {
+        config.api_token = token;
+    }
+    okta_sim::serve_until(config, shutdown_signal())
+        .await
+        .with_context(|| format!("cannot start the fake Okta on {}", args.listen))
+}
+
+fn read_group_names(path: &PathBuf) -> anyhow::Result<Vec<String>> {
+    let extension = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or_default();
+    if matches!(extension, "json" | "yaml" | "yml" | "toml") {
+        let mapping = GroupMapping::from_file(path)?;
+        return Ok(mapped_group_names(&mapping));
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read groups file {}", path.display()))?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect())
+}
+
+/// Completes on the first SIGTERM or Ctrl-C; a second one exits at once (nothing is
+/// lost: unacknowledged deliveries go back to the queue when the connection drops).
+async fn shutdown_signal() {
+    wait_for_signal().await;
+    tracing::info!("signal received; shutting down (send another to exit at once)");
+    tokio::spawn(async {
+        wait_for_signal().await;
+        eprintln!("second signal: exiting at once");
+        std::process::exit(130);
+    });
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,18 @@
+//! The RabbitMQ adapter: topology, reading deliveries, publishing outcomes and
+//! dead-letter copies with publisher confirms. Only this module knows AMQP types.
+
+pub mod headers;
+pub mod publisher;
+pub mod topology;
+
+use lapin::{Connection, ConnectionProperties};
+
+/// Opens a connection named after this service (the name shows in the management UI).
+///
+/// # Errors
+/// The broker's or the network's error.
+pub async fn connect(url: &str, purpose: &str) -> Result<Connection, lapin::Error> {
+    let properties = ConnectionProperties::default()
+        .with_connection_name(format!("iam-provisioner {purpose}").into());
+    Connection::connect(url, properties).await
+}

@@ -1,0 +1,235 @@
+//! Publishing with publisher confirms: outcome events to the results exchange, and
+//! dead-letter copies to the dead-letter exchange. A publish returns only once the broker
+//! has confirmed it, so the caller may then acknowledge the delivery that caused it.
+
+use super::headers;
+use crate::domain::outcome::{format_timestamp, Failure, Outcome};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection};
+use std::collections::BTreeMap;
+use time::OffsetDateTime;
+
+/// The headers a dead-letter copy gains (contract section 6).
+pub mod dead_letter_headers {
+    pub const ORIGINAL_EXCHANGE: &str = "x-original-exchange";
+    pub const ORIGINAL_ROUTING_KEY: &str = "x-original-routing-key";
+    pub const ERROR_KIND: &str = "x-error-kind";
+    pub const ERROR_MESSAGE: &str = "x-error-message";
+    pub const ATTEMPTS: &str = "x-attempts";
+    pub const FAILED_AT: &str = "x-failed-at";
+    pub const OKTA_ERROR_CODE: &str = "x-okta-error-code";
+    pub const OKTA_REQUEST_ID: &str = "x-okta-request-id";
+    /// Added by this service: the employee id, when the message had a readable one.
+    pub const EMPLOYEE_ID: &str = "x-employee-id";
+}
+
+/// The longest `x-error-message`; headers are not the place for essays.
+const MAX_ERROR_MESSAGE: usize = 1000;
+
+/// Why a publish was not confirmed.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("broker error while publishing to '{exchange}': {source}")]
+    Broker {
+        exchange: String,
+        #[source]
+        source: lapin::Error,
+    },
+    #[error("the broker refused (nack) the message published to '{exchange}'")]
+    Nacked { exchange: String },
+    #[error("no queue is bound to '{exchange}' for routing key '{routing_key}'; the message was returned")]
+    Unroutable {
+        exchange: String,
+        routing_key: String,
+    },
+}
+
+/// A message as it was delivered, kept to build its dead-letter copy.
+#[derive(Debug, Clone)]
+pub struct DeliveredMessage {
+    pub exchange: String,
+    pub routing_key: String,
+    pub properties: BasicProperties,
+    pub body: Vec<u8>,
+}
+
+/// Publishes on its own confirm-mode channel.
+pub struct Publisher {
+    channel: Channel,
+    results_exchange: String,
+    dead_letter_exchange: String,
+}
+
+impl Publisher {
+    /// Opens a confirm-mode channel on `connection`.
+    ///
+    /// # Errors
+    /// The broker's error.
+    pub async fn open(
+        connection: &Connection,
+        results_exchange: &str,
+        dead_letter_exchange: &str,
+    ) -> Result<Self, lapin::Error> {
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(Self {
+            channel,
+            results_exchange: results_exchange.to_owned(),
+            dead_letter_exchange: dead_letter_exchange.to_owned(),
+        })
+    }
+
+    /// Closes the channel once nothing more will be published.
+    pub async fn close(&self) {
+        let _ = self.channel.close(200, "done".into()).await;
+    }
+
+    /// Publishes an outcome event, with the trace context of its input, and waits for
+    /// the broker's confirm. An outcome nobody has bound a queue for is still confirmed:
+    /// dashboards are optional.
+    ///
+    /// # Errors
+    /// [`PublishError`] when the broker did not confirm.
+    pub async fn publish_outcome(
+        &self,
+        outcome: &Outcome,
+        trace_context: FieldTable,
+    ) -> Result<(), PublishError> {
+        let body = serde_json::to_vec(outcome).unwrap_or_default();
+        let mut properties = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2)
+            .with_app_id("iam-provisioner".into())
+            .with_type(ShortString::from(outcome.event_type.as_str()))
+            .with_timestamp(OffsetDateTime::now_utc().unix_timestamp().max(0) as u64)
+            .with_headers(trace_context);
+        if let Some(event_id) = &outcome.source_event_id {
+            if let Ok(id) = ShortString::try_new(event_id.clone()) {
+                properties = properties.with_correlation_id(id);
+            }
+        }
+        self.publish(
+            &self.results_exchange,
+            &outcome.routing_key(),
+            &body,
+            properties,
+            false,
+        )
+        .await
+    }
+
+    /// Publishes the dead-letter copy of `message`: its body and properties, plus the
+    /// failure headers. `mandatory`, so a missing dead-letter queue is an error, never a
+    /// silent loss.
+    ///
+    /// # Errors
+    /// [`PublishError`] when the broker did not confirm, or could not route the copy.
+    pub async fn dead_letter(
+        &self,
+        message: &DeliveredMessage,
+        failure: &Failure,
+        attempts: u32,
+        employee_id: Option<&str>,
+    ) -> Result<(), PublishError> {
+        use dead_letter_headers::*;
+        let original = message.properties.headers().as_ref();
+        let mut table: BTreeMap<ShortString, lapin::types::AMQPValue> =
+            original.map(|t| t.inner().clone()).unwrap_or_default();
+        // A message that failed before (and was replayed) must not keep the details of
+        // its earlier failure.
+        for stale in [OKTA_ERROR_CODE, OKTA_REQUEST_ID] {
+            table.remove(stale);
+        }
+        let mut headers_out = FieldTable::from(table);
+        if headers::get_str(original, ORIGINAL_EXCHANGE).is_none() {
+            headers::set_str(&mut headers_out, ORIGINAL_EXCHANGE, &message.exchange);
+        }
+        headers::set_str(&mut headers_out, ORIGINAL_ROUTING_KEY, &message.routing_key);
+        headers::set_str(&mut headers_out, ERROR_KIND, failure.kind.as_str());
+        headers::set_str(
+            &mut headers_out,
+            ERROR_MESSAGE,
+            &bounded(&failure.message, MAX_ERROR_MESSAGE),
+        );
+        headers::set_int(&mut headers_out, ATTEMPTS, i64::from(attempts));
+        headers::set_str(
+            &mut headers_out,
+            FAILED_AT,
+            &format_timestamp(OffsetDateTime::now_utc()),
+        );
+        if let Some(code) = &failure.okta_error_code {
+            headers::set_str(&mut headers_out, OKTA_ERROR_CODE, code);
+        }
+        if let Some(id) = &failure.okta_request_id {
+            headers::set_str(&mut headers_out, OKTA_REQUEST_ID, id);
+        }
+        if let Some(id) = employee_id {
+            headers::set_str(&mut headers_out, EMPLOYEE_ID, id);
+        }
+        let mut properties = message.properties.clone().with_headers(headers_out);
+        // A failure waiting for an operator must survive a broker restart.
+        if properties.delivery_mode() != &Some(2) {
+            properties = properties.with_delivery_mode(2);
+        }
+        self.publish(
+            &self.dead_letter_exchange,
+            &message.routing_key,
+            &message.body,
+            properties,
+            true,
+        )
+        .await
+    }
+
+    async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+        mandatory: bool,
+    ) -> Result<(), PublishError> {
+        let broker = |source| PublishError::Broker {
+            exchange: exchange.to_owned(),
+            source,
+        };
+        let confirmation = self
+            .channel
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions {
+                    mandatory,
+                    ..BasicPublishOptions::default()
+                },
+                body,
+                properties,
+            )
+            .await
+            .map_err(broker)?
+            .await
+            .map_err(broker)?;
+        match confirmation {
+            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+            Confirmation::Ack(Some(_returned)) => Err(PublishError::Unroutable {
+                exchange: exchange.to_owned(),
+                routing_key: routing_key.to_owned(),
+            }),
+            Confirmation::Nack(_) => Err(PublishError::Nacked {
+                exchange: exchange.to_owned(),
+            }),
+        }
+    }
+}
+
+fn bounded(text: &str, limit: usize) -> String {
+    if text.chars().count() <= limit {
+        return text.to_owned();
+    }
+    let mut cut: String = text.chars().take(limit).collect();
+    cut.push('…');
+    cut
+}

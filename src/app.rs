@@ -1,0 +1,349 @@
+//! The application: builds every part from [`Settings`], then runs the consumer until a
+//! shutdown future completes. Tests build the same application with their own settings.
+//!
+//! Start-up fails fast and clearly (broker unreachable, topology conflict, HTTP address
+//! taken). After start-up, a lost broker connection is survived: the session ends, its
+//! unfinished deliveries are left to the broker, and a new session connects with backoff
+//! and declares the topology again.
+
+use crate::amqp::publisher::{DeliveredMessage, Publisher};
+use crate::amqp::topology::{self, TopologyError, TopologyNames};
+use crate::config::Settings;
+use crate::domain::mapping::GroupMapping;
+use crate::health::{self, Health};
+use crate::okta::groups::GroupDirectory;
+use crate::okta::OktaClient;
+use crate::provisioner::{Provisioner, SharedMapping};
+use crate::secret::{redact_url_password, Secret};
+use crate::sequencer::Sequencer;
+use crate::worker::{Job, Worker};
+use futures_util::StreamExt;
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::Connection;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot connect to the broker at {url}: {source}")]
+    Broker {
+        url: String,
+        #[source]
+        source: lapin::Error,
+    },
+    #[error(transparent)]
+    Topology(#[from] TopologyError),
+    #[error("cannot set up the Okta client: {0}")]
+    Okta(#[from] crate::okta::client::OktaSetupError),
+    #[error("cannot listen on HTTP_LISTEN {address}: {source}")]
+    Http {
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Where Okta is, once any fake has been started.
+#[derive(Debug, Clone)]
+pub struct OktaEndpoint {
+    pub url: reqwest::Url,
+    pub api_token: Secret,
+}
+
+/// A built application, ready to run.
+pub struct Application {
+    settings: Settings,
+    worker: Arc<Worker>,
+    health: Health,
+    sequencer: Sequencer,
+    first_connection: Option<Connection>,
+    http_listener: Option<TcpListener>,
+    http_address: SocketAddr,
+}
+
+impl Application {
+    /// Builds everything and checks the broker: connects, declares the topology, warms
+    /// the group cache, binds the HTTP address.
+    ///
+    /// # Errors
+    /// [`StartupError`] naming what failed.
+    pub async fn build(
+        settings: Settings,
+        okta: OktaEndpoint,
+        mapping: GroupMapping,
+    ) -> Result<Self, StartupError> {
+        let client = OktaClient::new(
+            okta.url.clone(),
+            &okta.api_token,
+            settings.okta_client.clone(),
+        )?;
+        let groups = GroupDirectory::new(client.clone(), settings.group_cache_ttl);
+        let provisioner = Arc::new(Provisioner::new(
+            client,
+            groups,
+            SharedMapping::new(mapping),
+            settings.offboarding,
+        ));
+
+        let connection = connect_and_declare(&settings.amqp_url, &settings.topology).await?;
+
+        for problem in provisioner.warm_group_cache().await {
+            tracing::warn!(problem = %problem, "a mapped group cannot be used; events that need it will be dead-lettered");
+        }
+
+        let http_listener = TcpListener::bind(settings.http_listen)
+            .await
+            .map_err(|source| StartupError::Http {
+                address: settings.http_listen,
+                source,
+            })?;
+        let http_address = http_listener
+            .local_addr()
+            .map_err(|source| StartupError::Http {
+                address: settings.http_listen,
+                source,
+            })?;
+
+        let health = Health::default();
+        health.set_broker_connected(true);
+        Ok(Self {
+            worker: Arc::new(Worker {
+                provisioner,
+                retry: settings.retry,
+            }),
+            settings,
+            health,
+            sequencer: Sequencer::new(),
+            first_connection: Some(connection),
+            http_listener: Some(http_listener),
+            http_address,
+        })
+    }
+
+    /// The address the health endpoints listen on (useful with port 0).
+    pub fn http_address(&self) -> SocketAddr {
+        self.http_address
+    }
+
+    /// Runs until `shutdown` completes, then stops consuming, lets in-flight work finish
+    /// (or hands it back to the broker) within the shutdown timeout, and closes.
+    pub async fn run_until(mut self, shutdown: impl Future<Output = ()> + Send) {
+        let stop = CancellationToken::new();
+        let health = self.health.clone();
+        let http = self
+            .http_listener
+            .take()
+            .map(|listener| tokio::spawn(serve_http(listener, health.clone(), stop.clone())));
+        let sessions = self.run_sessions(stop.clone());
+        tokio::pin!(sessions);
+        tokio::select! {
+            () = shutdown => {
+                tracing::info!("shutdown requested; finishing in-flight work");
+                health.set_shutting_down();
+                stop.cancel();
+                sessions.await;
+            }
+            () = &mut sessions => {}
+        }
+        stop.cancel();
+        if let Some(http) = http {
+            let _ = http.await;
+        }
+        tracing::info!("stopped");
+    }
+
+    async fn run_sessions(&mut self, stop: CancellationToken) {
+        let mut reconnect_attempt = 0u32;
+        loop {
+            let connection = match self.first_connection.take() {
+                Some(connection) => connection,
+                None => {
+                    let delay = reconnect_delay(reconnect_attempt);
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = stop.cancelled() => return,
+                    }
+                    match connect_and_declare(&self.settings.amqp_url, &self.settings.topology)
+                        .await
+                    {
+                        Ok(connection) => {
+                            tracing::info!(
+                                attempt = reconnect_attempt + 1,
+                                "reconnected to the broker"
+                            );
+                            connection
+                        }
+                        Err(e) => {
+                            reconnect_attempt = reconnect_attempt.saturating_add(1);
+                            tracing::warn!(error = %e, attempt = reconnect_attempt, "broker still unavailable");
+                            continue;
+                        }
+                    }
+                }
+            };
+            self.health.set_broker_connected(true);
+            reconnect_attempt = 0;
+            let end = self.run_session(&connection, &stop).await;
+            self.health.set_consuming(false);
+            self.health.set_broker_connected(false);
+            match end {
+                SessionEnd::Stopped => {
+                    let _ = connection.close(200, "shutting down".into()).await;
+                    return;
+                }
+                SessionEnd::Lost(reason) => {
+                    tracing::warn!(reason = %reason, "broker session lost; reconnecting");
+                    let _ = connection.close(320, "reconnecting".into()).await;
+                }
+            }
+        }
+    }
+
+    async fn run_session(&self, connection: &Connection, stop: &CancellationToken) -> SessionEnd {
+        let names = &self.settings.topology;
+        let setup = async {
+            let channel = connection.create_channel().await?;
+            channel
+                .basic_qos(self.settings.concurrency, BasicQosOptions::default())
+                .await?;
+            let publisher = Publisher::open(
+                connection,
+                &names.results_exchange,
+                &names.dead_letter_exchange,
+            )
+            .await?;
+            let consumer = channel
+                .basic_consume(
+                    names.work_queue.as_str().into(),
+                    "".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            Ok::<_, lapin::Error>((channel, Arc::new(publisher), consumer))
+        };
+        let (channel, publisher, mut consumer) = match setup.await {
+            Ok(parts) => parts,
+            Err(e) => return SessionEnd::Lost(e.to_string()),
+        };
+        self.health.set_consuming(true);
+        tracing::info!(queue = %names.work_queue, concurrency = self.settings.concurrency, "consuming");
+
+        let hand_back = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let mut ticker = tokio::time::interval(Duration::from_secs(5));
+        let end = loop {
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => break SessionEnd::Stopped,
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                _ = ticker.tick() => self.health.tick(),
+                next = consumer.next() => match next {
+                    Some(Ok(delivery)) => {
+                        let message = DeliveredMessage {
+                            exchange: delivery.exchange.to_string(),
+                            routing_key: delivery.routing_key.to_string(),
+                            properties: delivery.properties,
+                            body: delivery.data,
+                        };
+                        let sequencer = &self.sequencer;
+                        let job = Job::parse(message, delivery.acker, |keys| sequencer.register(keys));
+                        let worker = Arc::clone(&self.worker);
+                        let publisher = Arc::clone(&publisher);
+                        let hand_back = hand_back.clone();
+                        tasks.spawn(async move { worker.run(job, &publisher, &hand_back).await });
+                    }
+                    Some(Err(e)) => break SessionEnd::Lost(e.to_string()),
+                    None => break SessionEnd::Lost("the broker cancelled the consumer".into()),
+                },
+            }
+        };
+
+        if matches!(end, SessionEnd::Stopped) {
+            // Stop new deliveries first; what was prefetched but not started is returned
+            // to the queue when the channel closes.
+            let _ = channel
+                .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+                .await;
+            // Waiting work (a backoff, a turn) is handed back at once; work talking to
+            // Okta is given the shutdown timeout to finish.
+            hand_back.cancel();
+            let drained = tokio::time::timeout(self.settings.shutdown_timeout, async {
+                while tasks.join_next().await.is_some() {}
+            })
+            .await;
+            if drained.is_err() {
+                tracing::warn!(
+                    unfinished = tasks.len(),
+                    "shutdown timeout reached; unfinished deliveries are handed back to the broker"
+                );
+                tasks.abort_all();
+            }
+            // Closing the channels returns whatever was not acknowledged to the queue.
+            let _ = channel.close(200, "shutting down".into()).await;
+            publisher.close().await;
+        } else {
+            // The broker has already requeued everything unacknowledged; the tasks can
+            // no longer acknowledge, so stop their waiting and let them end.
+            hand_back.cancel();
+            tasks.detach_all();
+        }
+        end
+    }
+}
+
+enum SessionEnd {
+    Stopped,
+    Lost(String),
+}
+
+/// Connects and declares the topology.
+///
+/// # Errors
+/// [`StartupError::Broker`] or [`StartupError::Topology`].
+pub async fn connect_and_declare(
+    amqp_url: &Secret,
+    names: &TopologyNames,
+) -> Result<Connection, StartupError> {
+    let connection = crate::amqp::connect(amqp_url.expose(), "service")
+        .await
+        .map_err(|source| StartupError::Broker {
+            url: redact_url_password(amqp_url.expose()),
+            source,
+        })?;
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(|source| StartupError::Broker {
+            url: redact_url_password(amqp_url.expose()),
+            source,
+        })?;
+    topology::declare(&channel, names).await?;
+    let _ = channel.close(200, "topology declared".into()).await;
+    Ok(connection)
+}
+
+/// Backoff between reconnection attempts: 0.5 s doubling to 30 s, with jitter.
+fn reconnect_delay(attempt: u32) -> Duration {
+    let cap = Duration::from_millis(500)
+        .saturating_mul(1u32 << attempt.min(6))
+        .min(Duration::from_secs(30));
+    cap.mul_f64(0.5 + fastrand::f64() / 2.0)
+}
+
+async fn serve_http(listener: TcpListener, health: Health, stop: CancellationToken) {
+    let app = health::router(health);
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await;
+    if let Err(e) = served {
+        tracing::error!(error = %e, "health endpoint stopped");
+    }
+}

@@ -1,0 +1,32 @@
+//! Logging set-up: `RUST_LOG` filters (default `info`), `LOG_FORMAT` picks `json` or
+//! `text` (text by default). Logs go to standard error, leaving standard output to
+//! commands that print results.
+
+use tracing_subscriber::EnvFilter;
+
+/// Installs the global subscriber; call once, at start-up.
+///
+/// # Errors
+/// A message naming `LOG_FORMAT` or `RUST_LOG` when either is invalid.
+pub fn init() -> Result<(), String> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(value) if !value.trim().is_empty() => {
+            EnvFilter::try_new(&value).map_err(|e| format!("RUST_LOG: {e}"))?
+        }
+        _ => EnvFilter::new("info"),
+    };
+    let format = std::env::var("LOG_FORMAT").unwrap_or_default();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let installed = match format.trim().to_ascii_lowercase().as_str() {
+        "json" => builder.json().with_current_span(true).try_init(),
+        "" | "text" => builder.try_init(),
+        other => {
+            return Err(format!(
+                "LOG_FORMAT: unknown format {other:?} (use json or text)"
+            ))
+        }
+    };
+    installed.map_err(|e| format!("cannot install the logger: {e}"))
+}

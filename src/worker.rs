@@ -1,0 +1,300 @@
+//! What happens to one delivery, from parse to acknowledgement.
+//!
+//! Parse; wait for the employee's turn; provision, retrying transient failures with
+//! backoff and waiting out rate limits; publish the outcome (and, on failure, the
+//! dead-letter copy) with confirms; only then acknowledge. A delivery whose work is
+//! abandoned (shutdown, lost connection) is simply not acknowledged: the broker
+//! redelivers it, and provisioning converges when it runs again.
+
+use crate::amqp::headers;
+use crate::amqp::publisher::{DeliveredMessage, PublishError, Publisher};
+use crate::domain::event::{
+    parse_message, printable, HrEvent, RawMessage, ValidationContext, ValidationError,
+};
+use crate::domain::outcome::{ErrorKind, Failure, Outcome, OutcomeStatus};
+use crate::okta::OktaError;
+use crate::provisioner::{DeliveryFacts, ProvisionError, Provisioner, Report};
+use crate::retry::RetryPolicy;
+use crate::sequencer::Turn;
+use lapin::options::BasicAckOptions;
+use lapin::types::FieldTable;
+use lapin::Acker;
+use std::sync::Arc;
+use std::time::Duration;
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+/// What every delivery task shares.
+pub struct Worker {
+    pub provisioner: Arc<Provisioner>,
+    pub retry: RetryPolicy,
+}
+
+/// One delivery, as the consumer loop hands it over.
+pub struct Job {
+    pub message: DeliveredMessage,
+    pub acker: Acker,
+    pub parsed: Result<HrEvent, (ValidationError, ValidationContext)>,
+    pub turn: Turn,
+}
+
+impl Job {
+    /// Reads a delivery; parsing happens here, in the consumer loop, because the
+    /// ordering keys come from the body.
+    pub fn parse(
+        message: DeliveredMessage,
+        acker: Acker,
+        register: impl FnOnce(Vec<String>) -> Turn,
+    ) -> Self {
+        let parsed = parse_message(RawMessage {
+            routing_key: &message.routing_key,
+            content_type: message
+                .properties
+                .content_type()
+                .as_ref()
+                .map(|c| c.as_str()),
+            body: &message.body,
+        });
+        let keys = parsed
+            .as_ref()
+            .map(HrEvent::ordering_keys)
+            .unwrap_or_default();
+        let turn = register(keys);
+        Self {
+            message,
+            acker,
+            parsed,
+            turn,
+        }
+    }
+}
+
+/// Why a delivery was left unacknowledged.
+enum Abandoned {
+    HandedBack,
+    Publish(PublishError),
+}
+
+impl Worker {
+    /// Processes one delivery to its end. `hand_back` stops any waiting (for a turn, a
+    /// backoff, a rate-limit window): the delivery is then left for redelivery.
+    pub async fn run(&self, mut job: Job, publisher: &Publisher, hand_back: &CancellationToken) {
+        let event_type = printable(&job.message.routing_key);
+        let result = match job.parsed {
+            Err((ref error, ref context)) => {
+                self.reject_invalid(&job.message, error, context, publisher)
+                    .await
+            }
+            Ok(ref event) => {
+                tokio::select! {
+                    _ = job.turn.wait() => {}
+                    _ = hand_back.cancelled() => return,
+                }
+                self.provision_with_retries(event, &job.message, publisher, hand_back)
+                    .await
+            }
+        };
+        match result {
+            Ok(()) => {
+                if let Err(e) = job.acker.ack(BasicAckOptions::default()).await {
+                    // The broker will redeliver; processing again converges.
+                    tracing::warn!(event_type, error = %e, "acknowledgement failed; the message will be redelivered");
+                }
+            }
+            Err(Abandoned::HandedBack) => {
+                tracing::info!(event_type, "delivery handed back to the broker unfinished");
+            }
+            Err(Abandoned::Publish(e)) => {
+                tracing::warn!(event_type, error = %e, "could not publish the outcome; the message will be redelivered");
+            }
+        }
+        drop(job.turn);
+    }
+
+    async fn reject_invalid(
+        &self,
+        message: &DeliveredMessage,
+        error: &ValidationError,
+        context: &ValidationContext,
+        publisher: &Publisher,
+    ) -> Result<(), Abandoned> {
+        let failure = Failure::new(ErrorKind::Validation, error.to_string());
+        let event_id = context.event_id.clone().or_else(|| {
+            message
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|m| m.to_string())
+        });
+        tracing::error!(
+            event_id = event_id.as_deref().map(printable),
+            event_type = printable(&message.routing_key),
+            error_kind = "validation",
+            reason = %failure.message,
+            "invalid message dead-lettered"
+        );
+        let outcome = Outcome {
+            source_event_id: event_id,
+            event_type: printable(&message.routing_key),
+            status: OutcomeStatus::Failed,
+            employee_id: context.employee_id.clone(),
+            email: context.email.clone(),
+            okta_user_id: None,
+            actions: vec![],
+            unmapped_groups: vec![],
+            attempt: 1,
+            error: Some(failure.clone()),
+            completed_at: OffsetDateTime::now_utc(),
+        };
+        publisher
+            .dead_letter(message, &failure, 1, context.employee_id.as_deref())
+            .await
+            .map_err(Abandoned::Publish)?;
+        publisher
+            .publish_outcome(&outcome, trace_of(message))
+            .await
+            .map_err(Abandoned::Publish)
+    }
+
+    async fn provision_with_retries(
+        &self,
+        event: &HrEvent,
+        message: &DeliveredMessage,
+        publisher: &Publisher,
+        hand_back: &CancellationToken,
+    ) -> Result<(), Abandoned> {
+        let facts = DeliveryFacts {
+            replay_count: headers::get_u64(
+                message.properties.headers().as_ref(),
+                headers::REPLAY_COUNT,
+            )
+            .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+            .unwrap_or(0),
+        };
+        let mut attempt = 1u32;
+        loop {
+            let error = match self.provisioner.provision(event, facts).await {
+                Ok(report) => {
+                    let outcome =
+                        outcome_for(event, OutcomeStatus::Succeeded, attempt, Some(report), None);
+                    tracing::info!(
+                        event_id = event.event_id.as_str(),
+                        event_type = %event.event_type(),
+                        okta_user_id = outcome.okta_user_id.as_deref(),
+                        actions = ?outcome.actions,
+                        attempt,
+                        "event succeeded"
+                    );
+                    return publisher
+                        .publish_outcome(&outcome, trace_of(message))
+                        .await
+                        .map_err(Abandoned::Publish);
+                }
+                Err(error) => error,
+            };
+            let failure = error.to_failure();
+            let wait = match failure.kind {
+                ErrorKind::RateLimited => Some(rate_limit_wait(&error)),
+                ErrorKind::Transient if self.retry.allows_another_after(attempt) => {
+                    Some(self.retry.backoff(attempt, fastrand::f64()))
+                }
+                _ => None,
+            };
+            let Some(wait) = wait else {
+                tracing::error!(
+                    event_id = event.event_id.as_str(),
+                    event_type = %event.event_type(),
+                    error_kind = failure.kind.as_str(),
+                    okta_error_code = failure.okta_error_code.as_deref(),
+                    okta_request_id = failure.okta_request_id.as_deref(),
+                    attempt,
+                    error = %failure.message,
+                    "event failed; dead-lettered"
+                );
+                let outcome = outcome_for(
+                    event,
+                    OutcomeStatus::Failed,
+                    attempt,
+                    None,
+                    Some(failure.clone()),
+                );
+                publisher
+                    .dead_letter(
+                        message,
+                        &failure,
+                        attempt,
+                        event.employee_id().map(|i| i.as_str()),
+                    )
+                    .await
+                    .map_err(Abandoned::Publish)?;
+                return publisher
+                    .publish_outcome(&outcome, trace_of(message))
+                    .await
+                    .map_err(Abandoned::Publish);
+            };
+            tracing::warn!(
+                event_id = event.event_id.as_str(),
+                event_type = %event.event_type(),
+                error_kind = failure.kind.as_str(),
+                okta_request_id = failure.okta_request_id.as_deref(),
+                attempt,
+                retry_in_ms = wait.as_millis() as u64,
+                error = %failure.message,
+                "event will be retried"
+            );
+            let outcome = outcome_for(
+                event,
+                OutcomeStatus::Retrying,
+                attempt,
+                None,
+                Some(failure.clone()),
+            );
+            publisher
+                .publish_outcome(&outcome, trace_of(message))
+                .await
+                .map_err(Abandoned::Publish)?;
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = hand_back.cancelled() => return Err(Abandoned::HandedBack),
+            }
+            // A rate limit is Okta asking us to wait, not a failed attempt.
+            if failure.kind != ErrorKind::RateLimited {
+                attempt += 1;
+            }
+        }
+    }
+}
+
+fn rate_limit_wait(error: &ProvisionError) -> Duration {
+    match error {
+        ProvisionError::Okta(OktaError::RateLimited { retry_after, .. }) => *retry_after,
+        _ => Duration::from_secs(1),
+    }
+}
+
+fn trace_of(message: &DeliveredMessage) -> FieldTable {
+    headers::trace_context(message.properties.headers().as_ref())
+}
+
+fn outcome_for(
+    event: &HrEvent,
+    status: OutcomeStatus,
+    attempt: u32,
+    report: Option<Report>,
+    error: Option<Failure>,
+) -> Outcome {
+    let report = report.unwrap_or_default();
+    Outcome {
+        source_event_id: Some(event.event_id.as_str().to_owned()),
+        event_type: event.event_type().as_str().to_owned(),
+        status,
+        employee_id: event.employee_id().map(|i| i.as_str().to_owned()),
+        email: event.email().map(|e| e.as_str().to_owned()),
+        okta_user_id: report.okta_user_id,
+        actions: report.actions.iter().map(ToString::to_string).collect(),
+        unmapped_groups: report.unmapped_groups,
+        attempt,
+        error,
+        completed_at: OffsetDateTime::now_utc(),
+    }
+}

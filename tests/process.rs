@@ -1,0 +1,317 @@
+//! The binary as operators run it: signals, exit codes, configuration errors, and what
+//! it writes to its logs.
+
+mod common;
+
+use common::*;
+use iam_provisioner::amqp::topology::TopologyNames;
+use iam_provisioner::okta_sim::{OktaSim, SimConfig, UserStatus};
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_iam-provisioner");
+
+/// A service process whose standard error is collected line by line.
+struct ServiceProcess {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl ServiceProcess {
+    fn spawn(names: &TopologyNames, sim: &OktaSim, extra: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(BINARY);
+        command
+            .arg("run")
+            .env_clear()
+            .env("AMQP_URL", AMQP_URL)
+            .env("OKTA_ORG_URL", sim.base_url())
+            .env("OKTA_API_TOKEN", sim.api_token())
+            .env("GROUP_MAPPING", r#"{"Sales": "Sales-App-Access"}"#)
+            .env("INPUT_EXCHANGE", &names.input_exchange)
+            .env("WORK_QUEUE", &names.work_queue)
+            .env("RESULTS_EXCHANGE", &names.results_exchange)
+            .env("DEAD_LETTER_EXCHANGE", &names.dead_letter_exchange)
+            .env("DEAD_LETTER_QUEUE", &names.dead_letter_queue)
+            .env("HTTP_LISTEN", "127.0.0.1:0")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (key, value) in extra {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("service starts");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        for stream in [
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let log = Arc::clone(&log);
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    log.lock().expect("log").push(line);
+                }
+            });
+        }
+        Self { child, log }
+    }
+
+    async fn wait_for_log(&self, needle: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        while Instant::now() < deadline {
+            if self
+                .log
+                .lock()
+                .expect("log")
+                .iter()
+                .any(|l| l.contains(needle))
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "the log never said {needle:?}: {:#?}",
+            self.log.lock().expect("log")
+        );
+    }
+
+    fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    }
+
+    async fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the service did not exit");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn log_text(&self) -> String {
+        // Let the reader threads catch the last lines.
+        std::thread::sleep(Duration::from_millis(100));
+        self.log.lock().expect("log").join("\n")
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn sigterm_finishes_in_flight_work_and_exits_zero() {
+    let names = TopologyNames::prefixed(&unique_prefix("sigterm"));
+    let _cleanup = BrokerCleanup {
+        names: names.clone(),
+        extra_queues: vec![],
+    };
+    let sim = OktaSim::start(SimConfig {
+        latency: Duration::from_millis(1500),
+        groups: vec!["Sales-App-Access".into()],
+        ..SimConfig::default()
+    })
+    .await
+    .expect("sim");
+    let (conn, channel, mut outcomes) = observe(&names).await;
+    let mut service = ServiceProcess::spawn(&names, &sim, &[]);
+    service.wait_for_log("consuming").await;
+
+    let world_publish = |n: usize| {
+        hire(
+            &format!("sigterm-{n}"),
+            &format!("E-T{n}"),
+            &format!("t{n}@example.com"),
+            &["Sales"],
+        )
+    };
+    for n in 0..3 {
+        let body = world_publish(n).to_string();
+        publish_to(
+            &channel,
+            &names.input_exchange,
+            "employee.added",
+            body.as_bytes(),
+            lapin::BasicProperties::default().with_content_type("application/json".into()),
+        )
+        .await;
+    }
+    // Wait until the service holds all three (none ready in the queue): they are in flight,
+    // each waiting 1.5 s on the fake Okta.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let probe = conn.create_channel().await.expect("channel");
+        let queue = probe
+            .queue_declare(
+                names.work_queue.as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                lapin::types::FieldTable::default(),
+            )
+            .await
+            .expect("queue");
+        if queue.message_count() == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "deliveries never reached the service"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    service.terminate();
+    let status = service.wait_exit().await;
+    assert_eq!(status.code(), Some(0), "{}", service.log_text());
+
+    use futures_util::StreamExt;
+    let mut succeeded = 0;
+    while succeeded < 3 {
+        let delivery = tokio::time::timeout(Duration::from_secs(5), outcomes.next())
+            .await
+            .expect("in-flight work finished with an outcome before exit")
+            .expect("stream")
+            .expect("delivery");
+        let outcome: serde_json::Value = serde_json::from_slice(&delivery.data).expect("json");
+        assert_eq!(outcome["status"], "succeeded", "{outcome}");
+        succeeded += 1;
+    }
+    for n in 0..3 {
+        let user = sim
+            .user(&format!("t{n}@example.com"))
+            .expect("user created");
+        assert_ne!(user.status, UserStatus::Deprovisioned);
+    }
+}
+
+#[tokio::test]
+async fn the_api_token_never_appears_in_logs_even_at_trace() {
+    let names = TopologyNames::prefixed(&unique_prefix("secret"));
+    let _cleanup = BrokerCleanup {
+        names: names.clone(),
+        extra_queues: vec![],
+    };
+    let token = format!("00SECRET{:016x}tok", fastrand::u64(..));
+    let sim = OktaSim::start(SimConfig {
+        api_token: token.clone(),
+        groups: vec!["Sales-App-Access".into()],
+        ..SimConfig::default()
+    })
+    .await
+    .expect("sim");
+    let (_conn, channel, mut outcomes) = observe(&names).await;
+    let mut service = ServiceProcess::spawn(&names, &sim, &[("RUST_LOG", "trace")]);
+    service.wait_for_log("consuming").await;
+
+    let bodies = [
+        (
+            "employee.added",
+            hire("secret-1", "E-S1", "s1@example.com", &["Sales"]),
+        ),
+        ("employee.removed", leaver("secret-2", Some("E-S1"), None)),
+        (
+            "employee.added",
+            serde_json::json!({"event_id": "secret-3"}),
+        ),
+    ];
+    for (key, body) in &bodies {
+        publish_to(
+            &channel,
+            &names.input_exchange,
+            key,
+            body.to_string().as_bytes(),
+            lapin::BasicProperties::default().with_content_type("application/json".into()),
+        )
+        .await;
+    }
+    use futures_util::StreamExt;
+    for _ in 0..bodies.len() {
+        tokio::time::timeout(PATIENCE, outcomes.next())
+            .await
+            .expect("outcome in time")
+            .expect("stream")
+            .expect("delivery");
+    }
+    service.terminate();
+    let status = service.wait_exit().await;
+    assert_eq!(status.code(), Some(0));
+    let log = service.log_text();
+    assert!(
+        log.contains("event succeeded"),
+        "the trace log is not empty"
+    );
+    assert!(log.contains("TRACE"), "trace level was on");
+    assert!(!log.contains(&token), "the API token leaked into the log");
+    assert!(
+        !log.contains(&token[8..24]),
+        "part of the API token leaked into the log"
+    );
+}
+
+#[tokio::test]
+async fn bad_configuration_stops_start_up_with_one_line_naming_the_variable() {
+    let cases: [(&[(&str, &str)], &str); 3] = [
+        (&[], "OKTA_ORG_URL"),
+        (
+            &[
+                ("OKTA_ORG_URL", "https://acme.okta.com"),
+                ("OKTA_API_TOKEN", "t"),
+                ("OFFBOARDING_MODE", "archive"),
+            ],
+            "OFFBOARDING_MODE",
+        ),
+        (
+            &[
+                ("OKTA_ORG_URL", "http://acme.okta.com"),
+                ("OKTA_API_TOKEN", "t"),
+            ],
+            "OKTA_ORG_URL",
+        ),
+    ];
+    for (vars, variable) in cases {
+        let output = Command::new(BINARY)
+            .arg("run")
+            .env_clear()
+            .envs(vars.iter().copied())
+            .output()
+            .expect("runs");
+        assert!(!output.status.success(), "{vars:?} must not start");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "one clear line: {stderr}");
+        assert!(lines[0].contains(variable), "{stderr}");
+    }
+}
+
+#[test]
+fn every_command_has_help() {
+    for args in [
+        vec!["--help"],
+        vec!["run", "--help"],
+        vec!["okta-sim", "--help"],
+    ] {
+        let output = Command::new(BINARY).args(&args).output().expect("runs");
+        assert!(output.status.success(), "{args:?}");
+        assert!(!output.stdout.is_empty());
+    }
+}
