@@ -13,10 +13,12 @@ use crate::domain::mapping::GroupMapping;
 use crate::health::{self, Health};
 use crate::okta::groups::GroupDirectory;
 use crate::okta::OktaClient;
+use crate::outage::OktaCircuit;
 use crate::provisioner::{Provisioner, SharedMapping};
 use crate::secret::{redact_url_password, Secret};
 use crate::sequencer::Sequencer;
 use crate::worker::{Job, Worker};
+use backon::BackoffBuilder;
 use futures_util::StreamExt;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
@@ -117,6 +119,7 @@ impl Application {
             worker: Arc::new(Worker {
                 provisioner,
                 retry: settings.retry,
+                circuit: OktaCircuit::new(settings.okta_outage_threshold),
             }),
             settings,
             health,
@@ -141,6 +144,12 @@ impl Application {
             .http_listener
             .take()
             .map(|listener| tokio::spawn(serve_http(listener, health.clone(), stop.clone())));
+        let prober = tokio::spawn(probe_okta_while_down(
+            self.worker.circuit.clone(),
+            self.worker.provisioner.okta().clone(),
+            health.clone(),
+            stop.clone(),
+        ));
         let sessions = self.run_sessions(stop.clone());
         tokio::pin!(sessions);
         tokio::select! {
@@ -153,6 +162,7 @@ impl Application {
             () = &mut sessions => {}
         }
         stop.cancel();
+        let _ = prober.await;
         if let Some(http) = http {
             let _ = http.await;
         }
@@ -161,11 +171,12 @@ impl Application {
 
     async fn run_sessions(&mut self, stop: CancellationToken) {
         let mut reconnect_attempt = 0u32;
+        let mut delays = patient_backoff();
         loop {
             let connection = match self.first_connection.take() {
                 Some(connection) => connection,
                 None => {
-                    let delay = reconnect_delay(reconnect_attempt);
+                    let delay = delays.next().unwrap_or(Duration::from_secs(30));
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = stop.cancelled() => return,
@@ -190,6 +201,7 @@ impl Application {
             };
             self.health.set_broker_connected(true);
             reconnect_attempt = 0;
+            delays = patient_backoff();
             let end = self.run_session(&connection, &stop).await;
             self.health.set_consuming(false);
             self.health.set_broker_connected(false);
@@ -239,13 +251,19 @@ impl Application {
         let hand_back = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let mut ticker = tokio::time::interval(Duration::from_secs(5));
+        let circuit = &self.worker.circuit;
         let end = loop {
+            // While Okta is down no new delivery is taken: they stay in the queue (or
+            // in the prefetch), for this replica or another, until Okta answers again.
+            let okta_down = circuit.is_open();
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => break SessionEnd::Stopped,
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
                 _ = ticker.tick() => self.health.tick(),
-                next = consumer.next() => match next {
+                _ = circuit.wait_closed(), if okta_down => {}
+                _ = circuit.wait_open(), if !okta_down => {}
+                next = consumer.next(), if !okta_down => match next {
                     Some(Ok(delivery)) => {
                         let message = DeliveredMessage {
                             exchange: delivery.exchange.to_string(),
@@ -299,6 +317,50 @@ impl Application {
     }
 }
 
+/// While the circuit is open, asks Okta with backoff whether it answers again, and
+/// closes the circuit when it does. `/readyz` reports the pause meanwhile.
+async fn probe_okta_while_down(
+    circuit: OktaCircuit,
+    okta: OktaClient,
+    health: Health,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = circuit.wait_open() => {}
+            _ = stop.cancelled() => return,
+        }
+        health.set_okta_paused(true);
+        tracing::error!("Okta is failing consistently: consuming paused until it answers again");
+        let started = std::time::Instant::now();
+        let mut attempt = 0u32;
+        let mut delays = patient_backoff();
+        loop {
+            let delay = delays.next().unwrap_or(Duration::from_secs(30));
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = stop.cancelled() => return,
+            }
+            match okta.probe().await {
+                Ok(()) => break,
+                Err(e) if e.kind() == crate::domain::outcome::ErrorKind::Transient => {
+                    attempt = attempt.saturating_add(1);
+                    tracing::warn!(error = %e, attempt, "Okta still failing");
+                }
+                // Any answer but a transient failure means Okta is up (a 429 or a 403 is
+                // Okta talking); events will meet whatever it is themselves.
+                Err(_) => break,
+            }
+        }
+        circuit.close();
+        health.set_okta_paused(false);
+        tracing::info!(
+            paused_for_s = started.elapsed().as_secs(),
+            "Okta answers again: consuming resumed"
+        );
+    }
+}
+
 enum SessionEnd {
     Stopped,
     Lost(String),
@@ -312,7 +374,7 @@ pub async fn connect_and_declare(
     amqp_url: &Secret,
     names: &TopologyNames,
 ) -> Result<Connection, StartupError> {
-    let connection = crate::amqp::connect(amqp_url.expose(), "service")
+    let connection = crate::amqp::connect(amqp_url.expose(), &names.work_queue)
         .await
         .map_err(|source| StartupError::Broker {
             url: redact_url_password(amqp_url.expose()),
@@ -330,12 +392,15 @@ pub async fn connect_and_declare(
     Ok(connection)
 }
 
-/// Backoff between reconnection attempts: 0.5 s doubling to 30 s, with jitter.
-fn reconnect_delay(attempt: u32) -> Duration {
-    let cap = Duration::from_millis(500)
-        .saturating_mul(1u32 << attempt.min(6))
-        .min(Duration::from_secs(30));
-    cap.mul_f64(0.5 + fastrand::f64() / 2.0)
+/// Delays between reconnection attempts or Okta probes: from 0.5 s, doubling to 30 s,
+/// with jitter so that replicas do not knock all at once; never gives up.
+fn patient_backoff() -> impl Iterator<Item = Duration> {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(500))
+        .with_max_delay(Duration::from_secs(30))
+        .with_jitter()
+        .without_max_times()
+        .build()
 }
 
 async fn serve_http(listener: TcpListener, health: Health, stop: CancellationToken) {

@@ -38,6 +38,7 @@ struct RawEnv {
     okta_timeout_secs: Option<u64>,
     okta_max_in_flight: Option<u16>,
     group_cache_ttl_secs: Option<u64>,
+    okta_outage_threshold: Option<u32>,
 }
 
 /// A configuration mistake; the message names the variable.
@@ -99,6 +100,9 @@ pub struct Settings {
     pub okta_client: OktaClientSettings,
     /// How long a resolved group name stays cached.
     pub group_cache_ttl: Duration,
+    /// Consecutive transient Okta failures (across all events) that mean "Okta is
+    /// down": consuming pauses and events wait instead of spending attempts.
+    pub okta_outage_threshold: u32,
 }
 
 impl Settings {
@@ -265,6 +269,11 @@ impl Settings {
             shutdown_timeout: Duration::from_secs(raw.shutdown_timeout_secs.unwrap_or(25)),
             okta_client,
             group_cache_ttl: Duration::from_secs(raw.group_cache_ttl_secs.unwrap_or(300)),
+            okta_outage_threshold: match raw.okta_outage_threshold {
+                Some(0) => return Err(invalid("OKTA_OUTAGE_THRESHOLD", "must be at least 1")),
+                Some(n) => n,
+                None => 5,
+            },
         })
     }
 }

@@ -9,6 +9,7 @@ pub mod domain;
 pub mod health;
 pub mod okta;
 pub mod okta_sim;
+pub mod outage;
 pub mod provisioner;
 pub mod retry;
 pub mod secret;

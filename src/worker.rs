@@ -13,6 +13,7 @@ use crate::domain::event::{
 };
 use crate::domain::outcome::{ErrorKind, Failure, Outcome, OutcomeStatus};
 use crate::okta::OktaError;
+use crate::outage::OktaCircuit;
 use crate::provisioner::{DeliveryFacts, ProvisionError, Provisioner, Report};
 use crate::retry::RetryPolicy;
 use crate::sequencer::Turn;
@@ -28,6 +29,19 @@ use tokio_util::sync::CancellationToken;
 pub struct Worker {
     pub provisioner: Arc<Provisioner>,
     pub retry: RetryPolicy,
+    /// Open while Okta is down: failing events wait for it instead of spending attempts.
+    pub circuit: OktaCircuit,
+}
+
+/// What to do after a failed attempt.
+enum Next {
+    /// Try again after this delay; `counts` says whether the failed attempt counts
+    /// against `MAX_ATTEMPTS` (a rate limit does not).
+    RetryAfter { delay: Duration, counts: bool },
+    /// Okta is down: wait until it answers again, then try without counting.
+    RetryWhenOktaAnswers,
+    /// Dead-letter.
+    GiveUp,
 }
 
 /// One delivery, as the consumer loop hands it over.
@@ -175,6 +189,7 @@ impl Worker {
         loop {
             let error = match self.provisioner.provision(event, facts).await {
                 Ok(report) => {
+                    self.circuit.record_success();
                     let outcome =
                         outcome_for(event, OutcomeStatus::Succeeded, attempt, Some(report), None);
                     tracing::info!(
@@ -193,14 +208,33 @@ impl Worker {
                 Err(error) => error,
             };
             let failure = error.to_failure();
-            let wait = match failure.kind {
-                ErrorKind::RateLimited => Some(rate_limit_wait(&error)),
-                ErrorKind::Transient if self.retry.allows_another_after(attempt) => {
-                    Some(self.retry.backoff(attempt, fastrand::f64()))
+            let next = match failure.kind {
+                ErrorKind::RateLimited => Next::RetryAfter {
+                    delay: rate_limit_wait(&error),
+                    counts: false,
+                },
+                ErrorKind::Transient => {
+                    // Recorded before deciding, so the failure that reveals an outage is
+                    // itself held rather than dead-lettered.
+                    self.circuit.record_transient_failure();
+                    if self.circuit.is_open() {
+                        Next::RetryWhenOktaAnswers
+                    } else if self.retry.allows_another_after(attempt) {
+                        Next::RetryAfter {
+                            delay: self.retry.backoff(attempt, fastrand::f64()),
+                            counts: true,
+                        }
+                    } else {
+                        Next::GiveUp
+                    }
                 }
-                _ => None,
+                _ => {
+                    // Okta answered (or the problem is ours): it is up.
+                    self.circuit.record_success();
+                    Next::GiveUp
+                }
             };
-            let Some(wait) = wait else {
+            if matches!(next, Next::GiveUp) {
                 tracing::error!(
                     event_id = event.event_id.as_str(),
                     event_type = %event.event_type(),
@@ -231,6 +265,10 @@ impl Worker {
                     .publish_outcome(&outcome, trace_of(message))
                     .await
                     .map_err(Abandoned::Publish);
+            }
+            let shown_delay = match next {
+                Next::RetryAfter { delay, .. } => delay.as_millis() as u64,
+                _ => 0,
             };
             tracing::warn!(
                 event_id = event.event_id.as_str(),
@@ -238,7 +276,8 @@ impl Worker {
                 error_kind = failure.kind.as_str(),
                 okta_request_id = failure.okta_request_id.as_deref(),
                 attempt,
-                retry_in_ms = wait.as_millis() as u64,
+                retry_in_ms = shown_delay,
+                waiting_for_okta = matches!(next, Next::RetryWhenOktaAnswers),
                 error = %failure.message,
                 "event will be retried"
             );
@@ -253,13 +292,23 @@ impl Worker {
                 .publish_outcome(&outcome, trace_of(message))
                 .await
                 .map_err(Abandoned::Publish)?;
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = hand_back.cancelled() => return Err(Abandoned::HandedBack),
-            }
-            // A rate limit is Okta asking us to wait, not a failed attempt.
-            if failure.kind != ErrorKind::RateLimited {
-                attempt += 1;
+            match next {
+                Next::RetryAfter { delay, counts } => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = hand_back.cancelled() => return Err(Abandoned::HandedBack),
+                    }
+                    if counts {
+                        attempt += 1;
+                    }
+                }
+                Next::RetryWhenOktaAnswers => {
+                    tokio::select! {
+                        _ = self.circuit.wait_closed() => {}
+                        _ = hand_back.cancelled() => return Err(Abandoned::HandedBack),
+                    }
+                }
+                Next::GiveUp => {}
             }
         }
     }

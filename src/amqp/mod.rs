@@ -7,7 +7,8 @@ pub mod topology;
 
 use lapin::{Connection, ConnectionProperties};
 
-/// Opens a connection named after this service (the name shows in the management UI).
+/// Opens a connection named after this service and what it serves (the name shows in
+/// the management UI and in `rabbitmqctl list_connections`).
 ///
 /// # Errors
 /// The broker's or the network's error.

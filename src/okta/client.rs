@@ -7,6 +7,7 @@
 //! `X-Okta-Retry-Count`), and a cap on requests in flight (Okta's concurrency limit).
 
 use super::error::{ApiError, OktaError};
+use super::pacing::{bucket_of, BucketReport, Pacer};
 use super::search;
 use crate::domain::plan::AccountStatus;
 use crate::secret::Secret;
@@ -98,6 +99,7 @@ struct Inner {
     base: Url,
     authorization: HeaderValue,
     in_flight: Semaphore,
+    pacer: Pacer,
     settings: OktaClientSettings,
     /// Last `X-Rate-Limit-Remaining` seen, -1 before any; for metrics and pacing.
     last_remaining: AtomicI64,
@@ -153,6 +155,7 @@ impl OktaClient {
                 base,
                 authorization,
                 in_flight: Semaphore::new(settings.max_in_flight.max(1)),
+                pacer: Pacer::new(),
                 settings,
                 last_remaining: AtomicI64::new(-1),
             }),
@@ -381,6 +384,19 @@ impl OktaClient {
         }
     }
 
+    /// A cheap read that tells whether Okta answers (`listGroups` with `limit=1`), for
+    /// the outage prober.
+    ///
+    /// # Errors
+    /// Any [`OktaError`].
+    pub async fn probe(&self) -> Result<(), OktaError> {
+        let mut url = self.url(&["api", "v1", "groups"]);
+        url.query_pairs_mut().append_pair("limit", "1");
+        self.call("listGroups", Method::GET, url, None)
+            .await
+            .map(drop)
+    }
+
     fn lifecycle_url(&self, user_id: &str, step: &str) -> Url {
         self.url(&["api", "v1", "users", user_id, "lifecycle", step])
     }
@@ -446,6 +462,7 @@ impl OktaClient {
                     .header("X-Okta-Retry-For", previous.as_str())
                     .header("X-Okta-Retry-Count", rate_limit_retries.to_string());
             }
+            let paced = self.inner.pacer.acquire(bucket_of(url.path())).await;
             let answer = {
                 let _permit = self.inner.in_flight.acquire().await;
                 let response = request
@@ -483,6 +500,7 @@ impl OktaClient {
                     .last_remaining
                     .store(remaining, Ordering::Relaxed);
             }
+            paced.report(bucket_report(&answer.headers));
             if answer.status.is_success() {
                 return Ok(answer);
             }
@@ -508,6 +526,27 @@ impl OktaClient {
             return Err(api_error(operation, &answer, request_id));
         }
     }
+}
+
+/// What the rate-limit headers say about the bucket, with the reset measured on Okta's
+/// clock (`Date`), so clock skew does not matter.
+fn bucket_report(headers: &HeaderMap) -> Option<BucketReport> {
+    let remaining = u64::try_from(header_i64(headers, "x-rate-limit-remaining")?).ok()?;
+    let reset = header_i64(headers, "x-rate-limit-reset")?;
+    let now = header_str(headers, "date")
+        .and_then(httpdate_to_unix)
+        .unwrap_or_else(unix_now);
+    Some(BucketReport {
+        remaining,
+        resets_in: Duration::from_secs(u64::try_from(reset - now).unwrap_or(0)),
+    })
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
 }
 
 fn decode<T: DeserializeOwned>(operation: &'static str, answer: &Answer) -> Result<T, OktaError> {
@@ -577,12 +616,7 @@ pub fn rate_limit_wait(headers: &HeaderMap, max: Duration) -> Duration {
     let reset = header_i64(headers, "x-rate-limit-reset");
     let now = header_str(headers, "date")
         .and_then(httpdate_to_unix)
-        .unwrap_or_else(|| {
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs() as i64)
-                .unwrap_or_default()
-        });
+        .unwrap_or_else(unix_now);
     let base = match reset {
         Some(reset) => Duration::from_secs((reset - now).max(0) as u64 + 1),
         None => Duration::from_secs(1),

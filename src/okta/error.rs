@@ -67,6 +67,8 @@ impl OktaError {
             OktaError::Transport { .. } | OktaError::Decode { .. } => ErrorKind::Transient,
             OktaError::RateLimited { .. } => ErrorKind::RateLimited,
             OktaError::Api(api) if api.status == 429 => ErrorKind::RateLimited,
+            // "User is still being activated": Okta will finish on its own; try later.
+            OktaError::Api(api) if api.code.as_deref() == Some("E0000112") => ErrorKind::Transient,
             OktaError::Api(api) if is_transient_status(api.status) => ErrorKind::Transient,
             OktaError::Api(_) => ErrorKind::Okta,
         }
@@ -149,6 +151,11 @@ mod tests {
             );
         }
         assert_eq!(api(429, "E0000047", &[]).kind(), ErrorKind::RateLimited);
+        assert_eq!(
+            api(409, "E0000112", &[]).kind(),
+            ErrorKind::Transient,
+            "still activating"
+        );
         for status in [400, 401, 403, 404, 409, 501] {
             assert_eq!(
                 api(status, "E0000001", &[]).kind(),

@@ -4,6 +4,7 @@
 pub mod client;
 pub mod error;
 pub mod groups;
+pub mod pacing;
 pub mod search;
 
 pub use client::{OktaClient, OktaClientSettings, OktaGroup, OktaUser};

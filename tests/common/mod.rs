@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod process;
+
 use futures_util::StreamExt;
 use iam_provisioner::amqp::topology::{self, QueueType, TopologyNames};
 use iam_provisioner::app::{Application, OktaEndpoint};
@@ -468,4 +470,61 @@ pub fn quorum() -> QueueType {
 /// Reads a group mapping for tests that build the app by hand.
 pub fn mapping(value: &Value) -> GroupMapping {
     GroupMapping::from_json(&value.to_string()).expect("mapping")
+}
+
+/// Closes, from the broker's side, every connection whose client-provided name is
+/// `connection_name` (the service names its connection `iam-provisioner <work queue>`),
+/// as a broker restart or a network cut would. Returns how many were closed.
+pub fn close_broker_connections(connection_name: &str) -> usize {
+    let output = std::process::Command::new("rabbitmqctl")
+        .args([
+            "list_connections",
+            "pid",
+            "client_properties",
+            "-q",
+            "--no-table-headers",
+        ])
+        .output()
+        .expect("rabbitmqctl runs");
+    let listing = String::from_utf8_lossy(&output.stdout);
+    // Each line: `<pid>\t[... {"connection_name","<name>"} ...]`.
+    let wanted = format!("{{\"connection_name\",\"{connection_name}\"}}");
+    let mut closed = 0;
+    for line in listing.lines().filter(|l| l.contains(&wanted)) {
+        let pid = line.split('\t').next().expect("pid column").trim();
+        let status = std::process::Command::new("rabbitmqctl")
+            .args(["close_connection", pid, "closed by a test"])
+            .output()
+            .expect("rabbitmqctl runs");
+        assert!(status.status.success(), "{status:?}");
+        closed += 1;
+    }
+    closed
+}
+
+/// Polls `condition` until it holds, or fails the test after `PATIENCE`.
+pub async fn eventually<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while tokio::time::Instant::now() < deadline {
+        if condition().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+/// GET on the service's HTTP endpoint: (status, body).
+pub async fn http_get(address: std::net::SocketAddr, path: &str) -> (u16, String) {
+    match reqwest::get(format!("http://{address}{path}")).await {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            (status, response.text().await.unwrap_or_default())
+        }
+        Err(e) => (0, e.to_string()),
+    }
 }

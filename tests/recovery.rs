@@ -1,0 +1,394 @@
+//! Recoverability (issue: recoverability): rate limits, Okta outages, broker loss,
+//! crashes and shutdown — nothing lost, nothing duplicated.
+
+mod common;
+
+use common::process::ServiceProcess;
+use common::*;
+use iam_provisioner::amqp::topology::TopologyNames;
+use iam_provisioner::okta_sim::{OktaSim, RateLimit, SimConfig};
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+/// Consumes outcomes until `expected` distinct events have succeeded; fails on any
+/// `failed` outcome.
+async fn wait_all_succeeded(world: &mut World, expected: usize) -> HashSet<String> {
+    let mut succeeded = HashSet::new();
+    while succeeded.len() < expected {
+        let (_, outcome, _) = world.next_outcome().await;
+        assert_ne!(outcome["status"], "failed", "{outcome}");
+        if outcome["status"] == "succeeded" {
+            succeeded.insert(outcome["source_event_id"].as_str().unwrap_or("").to_owned());
+        }
+    }
+    succeeded
+}
+
+#[tokio::test]
+async fn a_burst_at_a_small_rate_limit_all_succeeds_with_few_429s() {
+    let options = Options {
+        sim: SimConfig {
+            rate_limit: Some(RateLimit {
+                requests_per_window: 10,
+                window: Duration::from_secs(2),
+            }),
+            ..SimConfig::default()
+        },
+        ..Options::default()
+    };
+    let mut world = World::start_with("ratelimit", options).await;
+    world.sim.clear_request_log();
+    for n in 0..100 {
+        let body = hire(
+            &format!("rl-{n}"),
+            &format!("E-RL{n}"),
+            &format!("rl{n}@example.com"),
+            &[],
+        );
+        world.publish("employee.added", &body).await;
+    }
+    wait_all_succeeded(&mut world, 100).await;
+    assert!(world.drain_dead_letters().await.is_empty());
+    let calls = world.sim.request_log().len();
+    let limited = world.sim.rate_limited_count();
+    println!("rate limit 10/2s: 100 hires, {calls} Okta calls, {limited} answered 429");
+    // Pacing by X-Rate-Limit-Remaining keeps 429s rare: at most one per window start.
+    assert!(limited <= 10, "{limited} 429s for {calls} calls");
+}
+
+#[tokio::test]
+async fn an_okta_outage_longer_than_the_retry_budget_dead_letters_nothing() {
+    let options = Options {
+        env: vec![
+            ("MAX_ATTEMPTS", "3".into()),
+            ("OKTA_OUTAGE_THRESHOLD", "2".into()),
+        ],
+        ..Options::default()
+    };
+    let mut world = World::start_with("outage", options).await;
+    world.sim.set_outage(Some(503));
+    for n in 0..10 {
+        let body = hire(
+            &format!("out-{n}"),
+            &format!("E-O{n}"),
+            &format!("o{n}@example.com"),
+            &["Sales"],
+        );
+        world.publish("employee.added", &body).await;
+    }
+    let http = world.http;
+    eventually("readyz reports the pause", || async move {
+        let (status, body) = http_get(http, "/readyz").await;
+        status == 503 && body.contains("Okta")
+    })
+    .await;
+    // Keep Okta down until the prober has been refused a few times: far past the
+    // 3-attempt budget of every event.
+    let sim = world.sim.clone();
+    eventually("the prober was refused three times", || {
+        let sim = sim.clone();
+        async move {
+            sim.request_log()
+                .iter()
+                .filter(|r| r.operation == "listGroups" && r.status == 503)
+                .count()
+                >= 3
+        }
+    })
+    .await;
+    world.sim.set_outage(None);
+    wait_all_succeeded(&mut world, 10).await;
+    assert!(
+        world.drain_dead_letters().await.is_empty(),
+        "nothing dead-lettered"
+    );
+    let http = world.http;
+    eventually("ready again", || async move {
+        http_get(http, "/readyz").await.0 == 200
+    })
+    .await;
+    for n in 0..10 {
+        let user = world
+            .sim
+            .user(&format!("o{n}@example.com"))
+            .expect("user created");
+        assert_eq!(
+            world.sim.user_group_names(&user.id),
+            vec!["Sales-App-Access"]
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_connection_closed_by_the_broker_mid_batch_loses_nothing() {
+    let options = Options {
+        sim: SimConfig {
+            latency: Duration::from_millis(30),
+            ..SimConfig::default()
+        },
+        ..Options::default()
+    };
+    let mut world = World::start_with("conndrop", options).await;
+    for n in 0..60 {
+        let body = hire(
+            &format!("cd-{n}"),
+            &format!("E-CD{n}"),
+            &format!("cd{n}@example.com"),
+            &["Sales"],
+        );
+        world.publish("employee.added", &body).await;
+    }
+    let mut succeeded = HashSet::new();
+    while succeeded.len() < 5 {
+        let (_, outcome, _) = world.next_outcome().await;
+        if outcome["status"] == "succeeded" {
+            succeeded.insert(outcome["source_event_id"].as_str().unwrap_or("").to_owned());
+        }
+    }
+    let service_connection = format!("iam-provisioner {}", world.names.work_queue);
+    assert_eq!(close_broker_connections(&service_connection), 1);
+    let dropped_at = Instant::now();
+    let mut recovered_after = None;
+    while succeeded.len() < 60 {
+        let (_, outcome, _) = world.next_outcome().await;
+        assert_ne!(outcome["status"], "failed", "{outcome}");
+        if outcome["status"] == "succeeded" {
+            recovered_after.get_or_insert_with(|| dropped_at.elapsed());
+            succeeded.insert(outcome["source_event_id"].as_str().unwrap_or("").to_owned());
+        }
+    }
+    println!("broker connection closed: next outcome after {recovered_after:?}");
+    for n in 0..60 {
+        let user = world.sim.user(&format!("cd{n}@example.com")).expect("user");
+        assert_eq!(
+            world.sim.user_group_names(&user.id),
+            vec!["Sales-App-Access"]
+        );
+    }
+    assert_eq!(world.queue_depth(&world.names.work_queue).await, 0);
+    // And the service is still at work.
+    world
+        .publish(
+            "employee.added",
+            &hire("cd-after", "E-CDX", "cdx@example.com", &[]),
+        )
+        .await;
+    assert_eq!(world.final_outcome("cd-after").await["status"], "succeeded");
+}
+
+#[tokio::test]
+async fn a_deleted_work_queue_is_declared_again_and_consumed() {
+    let mut world = World::start("qdelete").await;
+    world
+        .publish(
+            "employee.added",
+            &hire("qd-1", "E-QD1", "qd1@example.com", &[]),
+        )
+        .await;
+    assert_eq!(world.final_outcome("qd-1").await["status"], "succeeded");
+    let channel = world.conn.create_channel().await.expect("channel");
+    channel
+        .queue_delete(world.names.work_queue.as_str().into(), Default::default())
+        .await
+        .expect("delete the work queue");
+    // The service re-declares its topology when it reconnects; wait for the queue (and
+    // its binding) to be back before publishing, or the event would be unroutable.
+    let conn = &world.conn;
+    let queue = world.names.work_queue.clone();
+    eventually("the work queue is back", || {
+        let queue = queue.clone();
+        async move {
+            let probe = conn.create_channel().await.expect("channel");
+            probe
+                .queue_declare(
+                    queue.as_str().into(),
+                    lapin::options::QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    lapin::types::FieldTable::default(),
+                )
+                .await
+                .is_ok()
+        }
+    })
+    .await;
+    let http = world.http;
+    eventually("consuming again", || async move {
+        http_get(http, "/readyz").await.0 == 200
+    })
+    .await;
+    world
+        .publish(
+            "employee.added",
+            &hire("qd-2", "E-QD2", "qd2@example.com", &[]),
+        )
+        .await;
+    assert_eq!(world.final_outcome("qd-2").await["status"], "succeeded");
+}
+
+#[tokio::test]
+async fn kill_dash_nine_mid_batch_then_restart_converges_without_duplicates() {
+    let names = TopologyNames::prefixed(&unique_prefix("kill9"));
+    let _cleanup = BrokerCleanup {
+        names: names.clone(),
+        extra_queues: vec![],
+    };
+    let sim = OktaSim::start(SimConfig {
+        latency: Duration::from_millis(20),
+        groups: vec!["Sales-App-Access".into()],
+        ..SimConfig::default()
+    })
+    .await
+    .expect("sim");
+    let (_conn, channel, mut outcomes) = observe(&names).await;
+    let total = 200;
+    for n in 0..total {
+        let body = hire(
+            &format!("k9-{n}"),
+            &format!("E-K{n}"),
+            &format!("k{n}@example.com"),
+            &["Sales"],
+        );
+        publish_to(
+            &channel,
+            &names.input_exchange,
+            "employee.added",
+            body.to_string().as_bytes(),
+            lapin::BasicProperties::default().with_content_type("application/json".into()),
+        )
+        .await;
+    }
+    let mut first = ServiceProcess::spawn(&names, &sim, &[]);
+    use futures_util::StreamExt;
+    let mut succeeded = HashSet::new();
+    while succeeded.len() < 20 {
+        let delivery = tokio::time::timeout(PATIENCE, outcomes.next())
+            .await
+            .expect("outcomes")
+            .expect("stream")
+            .expect("delivery");
+        let outcome: serde_json::Value = serde_json::from_slice(&delivery.data).expect("json");
+        if outcome["status"] == "succeeded" {
+            succeeded.insert(outcome["source_event_id"].as_str().unwrap_or("").to_owned());
+        }
+    }
+    first.kill_hard();
+    let _second = ServiceProcess::spawn(&names, &sim, &[]);
+    while succeeded.len() < total {
+        let delivery = tokio::time::timeout(PATIENCE, outcomes.next())
+            .await
+            .expect("outcomes after restart")
+            .expect("stream")
+            .expect("delivery");
+        let outcome: serde_json::Value = serde_json::from_slice(&delivery.data).expect("json");
+        assert_ne!(outcome["status"], "failed", "{outcome}");
+        if outcome["status"] == "succeeded" {
+            succeeded.insert(outcome["source_event_id"].as_str().unwrap_or("").to_owned());
+        }
+    }
+    let users: Vec<_> = sim
+        .users()
+        .into_iter()
+        .filter(|u| {
+            u.profile["employeeNumber"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("E-K"))
+        })
+        .collect();
+    assert_eq!(users.len(), total, "one user per hire, no duplicates");
+    let numbers: HashSet<_> = users
+        .iter()
+        .map(|u| u.profile["employeeNumber"].to_string())
+        .collect();
+    assert_eq!(numbers.len(), total);
+    for user in &users {
+        assert_eq!(sim.user_group_names(&user.id), vec!["Sales-App-Access"]);
+    }
+}
+
+#[tokio::test]
+async fn sigterm_during_a_batch_loses_nothing() {
+    let names = TopologyNames::prefixed(&unique_prefix("sigbatch"));
+    let _cleanup = BrokerCleanup {
+        names: names.clone(),
+        extra_queues: vec![],
+    };
+    let sim = OktaSim::start(SimConfig {
+        latency: Duration::from_millis(200),
+        groups: vec!["Sales-App-Access".into()],
+        ..SimConfig::default()
+    })
+    .await
+    .expect("sim");
+    let (conn, channel, mut outcomes) = observe(&names).await;
+    let total = 40;
+    let mut service = ServiceProcess::spawn(&names, &sim, &[("CONCURRENCY", "4")]);
+    service.wait_for_log("consuming").await;
+    for n in 0..total {
+        let body = hire(
+            &format!("sb-{n}"),
+            &format!("E-SB{n}"),
+            &format!("sb{n}@example.com"),
+            &[],
+        );
+        publish_to(
+            &channel,
+            &names.input_exchange,
+            "employee.added",
+            body.to_string().as_bytes(),
+            lapin::BasicProperties::default().with_content_type("application/json".into()),
+        )
+        .await;
+    }
+    use futures_util::StreamExt;
+    let mut succeeded = HashSet::new();
+    while succeeded.len() < 4 {
+        let delivery = tokio::time::timeout(PATIENCE, outcomes.next())
+            .await
+            .expect("outcomes")
+            .expect("stream")
+            .expect("delivery");
+        let outcome: serde_json::Value = serde_json::from_slice(&delivery.data).expect("json");
+        if outcome["status"] == "succeeded" {
+            succeeded.insert(outcome["source_event_id"].as_str().unwrap_or("").to_owned());
+        }
+    }
+    service.terminate();
+    assert_eq!(
+        service.wait_exit().await.code(),
+        Some(0),
+        "{}",
+        service.log_text()
+    );
+    // Outcomes published before exit are all in the test's queue by now.
+    while let Ok(Some(Ok(delivery))) =
+        tokio::time::timeout(Duration::from_millis(500), outcomes.next()).await
+    {
+        let outcome: serde_json::Value = serde_json::from_slice(&delivery.data).expect("json");
+        assert_eq!(outcome["status"], "succeeded");
+        succeeded.insert(outcome["source_event_id"].as_str().unwrap_or("").to_owned());
+    }
+    let probe = conn.create_channel().await.expect("channel");
+    let left = probe
+        .queue_declare(
+            names.work_queue.as_str().into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .expect("queue")
+        .message_count() as usize;
+    assert!(
+        succeeded.len() < total,
+        "the batch was cut short (else the test proves nothing)"
+    );
+    assert!(
+        succeeded.len() + left >= total,
+        "{} done + {left} waiting in the queue must cover all {total}",
+        succeeded.len()
+    );
+}
