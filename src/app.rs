@@ -392,11 +392,11 @@ pub async fn connect_and_declare(
     Ok(connection)
 }
 
-/// Delays between reconnection attempts or Okta probes: from 0.5 s, doubling to 30 s,
+/// Delays between reconnection attempts or Okta probes: from 0.2 s, doubling to 30 s,
 /// with jitter so that replicas do not knock all at once; never gives up.
 fn patient_backoff() -> impl Iterator<Item = Duration> {
     backon::ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(500))
+        .with_min_delay(Duration::from_millis(200))
         .with_max_delay(Duration::from_secs(30))
         .with_jitter()
         .without_max_times()
