@@ -52,10 +52,22 @@ impl TopologyNames {
             queue_type: QueueType::Quorum,
         }
     }
+
+    /// The exchange `iam-provisioner replay` publishes to: `<work queue>.replay`, bound to
+    /// the work queue alone, so a replayed message reaches this service and no other
+    /// subscriber of the input exchange. Derived from the work queue's name (the
+    /// contract names extra objects with that prefix), hence not configurable on its own.
+    pub fn replay_exchange(&self) -> String {
+        format!("{}.replay", self.work_queue)
+    }
 }
 
 /// The binding key of the work queue on the input exchange.
 pub const WORK_BINDING_KEY: &str = "employee.*";
+
+/// The binding key of the work queue on the replay exchange: everything, because the
+/// operator chose what to replay and the worker judges the routing key itself.
+pub const REPLAY_BINDING_KEY: &str = "#";
 
 /// Why the topology could not be declared.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +92,7 @@ pub async fn declare(channel: &Channel, names: &TopologyNames) -> Result<(), Top
         &names.input_exchange,
         &names.results_exchange,
         &names.dead_letter_exchange,
+        &names.replay_exchange(),
     ] {
         channel
             .exchange_declare(
@@ -154,6 +167,13 @@ pub async fn declare(channel: &Channel, names: &TopologyNames) -> Result<(), Top
         WORK_BINDING_KEY,
     )
     .await?;
+    bind(
+        channel,
+        &names.work_queue,
+        &names.replay_exchange(),
+        REPLAY_BINDING_KEY,
+    )
+    .await?;
     Ok(())
 }
 
@@ -177,4 +197,22 @@ async fn bind(
             name: format!("{queue}' to exchange '{exchange}' with key '{key}"),
             source,
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_replay_exchange_carries_the_work_queues_name() {
+        assert_eq!(
+            TopologyNames::prefixed("").replay_exchange(),
+            "iam-provisioner.replay"
+        );
+        let names = TopologyNames {
+            work_queue: "hr-sync".into(),
+            ..TopologyNames::prefixed("")
+        };
+        assert_eq!(names.replay_exchange(), "hr-sync.replay");
+    }
 }

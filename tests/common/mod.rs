@@ -64,6 +64,7 @@ pub struct BrokerCleanup {
 impl Drop for BrokerCleanup {
     fn drop(&mut self) {
         let names = self.names.clone();
+        let replay_exchange = names.replay_exchange();
         let extra = std::mem::take(&mut self.extra_queues);
         // Drop cannot await; a short-lived runtime on its own thread does the deleting.
         let _ = std::thread::spawn(move || {
@@ -90,6 +91,7 @@ impl Drop for BrokerCleanup {
                         .await;
                 }
                 for exchange in [
+                    replay_exchange,
                     names.input_exchange,
                     names.results_exchange,
                     names.dead_letter_exchange,
