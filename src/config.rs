@@ -12,10 +12,23 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// The variables as read; every one optional here, checked in [`Settings::from_vars`].
+/// The broker variables as read; checked in [`BrokerSettings::from_vars`]. Apart from
+/// [`RawEnv`] so that commands needing only the broker ignore every other variable.
+#[derive(Deserialize, Default)]
+struct RawBrokerEnv {
+    amqp_url: Option<Secret>,
+    input_exchange: Option<String>,
+    work_queue: Option<String>,
+    results_exchange: Option<String>,
+    dead_letter_exchange: Option<String>,
+    dead_letter_queue: Option<String>,
+    queue_type: Option<String>,
+}
+
+/// The other variables of `run` as read; every one optional here, checked in
+/// [`Settings::from_vars`].
 #[derive(Deserialize, Default)]
 struct RawEnv {
-    amqp_url: Option<Secret>,
     okta_org_url: Option<String>,
     okta_api_token: Option<Secret>,
     okta_client_id: Option<String>,
@@ -23,12 +36,6 @@ struct RawEnv {
     group_mapping_file: Option<PathBuf>,
     group_mapping: Option<String>,
     offboarding_mode: Option<String>,
-    input_exchange: Option<String>,
-    work_queue: Option<String>,
-    results_exchange: Option<String>,
-    dead_letter_exchange: Option<String>,
-    dead_letter_queue: Option<String>,
-    queue_type: Option<String>,
     concurrency: Option<u16>,
     max_attempts: Option<u32>,
     retry_base_delay_ms: Option<u64>,
@@ -78,6 +85,81 @@ pub enum OktaTarget {
     Simulated,
 }
 
+/// What every command that talks to the broker needs, and nothing more: the dead-letter
+/// commands run on an operator's machine that has no Okta credentials.
+#[derive(Debug, Clone)]
+pub struct BrokerSettings {
+    /// Broker URL; holds the broker password, hence secret.
+    pub amqp_url: Secret,
+    pub topology: TopologyNames,
+}
+
+impl BrokerSettings {
+    /// Reads the process environment.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the first variable that is wrong.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_vars(std::env::vars())
+    }
+
+    /// Reads the broker settings from name/value pairs; other variables are ignored.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the first variable that is wrong.
+    pub fn from_vars(
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let raw: RawBrokerEnv =
+            envy::from_iter(set_only(vars)).map_err(|e| ConfigError::Env(e.to_string()))?;
+
+        let amqp_url = raw
+            .amqp_url
+            .unwrap_or_else(|| Secret::new("amqp://guest:guest@127.0.0.1:5672/%2f"));
+        let scheme_ok =
+            amqp_url.expose().starts_with("amqp://") || amqp_url.expose().starts_with("amqps://");
+        if !scheme_ok {
+            return Err(invalid("AMQP_URL", "must start with amqp:// or amqps://"));
+        }
+
+        let queue_type = match raw.queue_type.as_deref() {
+            None => QueueType::Quorum,
+            Some(value) => QueueType::parse(value).ok_or_else(|| {
+                invalid(
+                    "QUEUE_TYPE",
+                    format!("unknown queue type {value:?} (use quorum or classic)"),
+                )
+            })?,
+        };
+        let topology = TopologyNames {
+            input_exchange: name(raw.input_exchange, "INPUT_EXCHANGE", "hr.events")?,
+            work_queue: name(raw.work_queue, "WORK_QUEUE", "iam-provisioner")?,
+            results_exchange: name(raw.results_exchange, "RESULTS_EXCHANGE", "identity.results")?,
+            dead_letter_exchange: name(
+                raw.dead_letter_exchange,
+                "DEAD_LETTER_EXCHANGE",
+                "iam-provisioner.dlx",
+            )?,
+            dead_letter_queue: name(
+                raw.dead_letter_queue,
+                "DEAD_LETTER_QUEUE",
+                "iam-provisioner.dlq",
+            )?,
+            queue_type,
+        };
+
+        Ok(Self { amqp_url, topology })
+    }
+}
+
+/// Drops empty variables: an empty variable means "not set", which is how compose files
+/// and Kubernetes manifests usually leave an optional value out.
+fn set_only(
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> impl Iterator<Item = (String, String)> {
+    vars.into_iter().filter(|(_, v)| !v.trim().is_empty())
+}
+
 /// The validated settings of `iam-provisioner run`.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -122,20 +204,9 @@ impl Settings {
         vars: impl IntoIterator<Item = (String, String)>,
         okta_sim: bool,
     ) -> Result<Self, ConfigError> {
-        // An empty variable means "not set": that is how compose files and Kubernetes
-        // manifests usually leave an optional value out.
-        let vars = vars.into_iter().filter(|(_, v)| !v.trim().is_empty());
+        let vars: Vec<(String, String)> = set_only(vars).collect();
+        let BrokerSettings { amqp_url, topology } = BrokerSettings::from_vars(vars.clone())?;
         let raw: RawEnv = envy::from_iter(vars).map_err(|e| ConfigError::Env(e.to_string()))?;
-
-        let amqp_url = raw
-            .amqp_url
-            .clone()
-            .unwrap_or_else(|| Secret::new("amqp://guest:guest@127.0.0.1:5672/%2f"));
-        let scheme_ok =
-            amqp_url.expose().starts_with("amqp://") || amqp_url.expose().starts_with("amqps://");
-        if !scheme_ok {
-            return Err(invalid("AMQP_URL", "must start with amqp:// or amqps://"));
-        }
 
         let okta = okta_target(&raw, okta_sim)?;
 
@@ -175,32 +246,6 @@ impl Settings {
                     format!("unknown mode {value:?} (use deactivate, suspend or delete)"),
                 )
             })?,
-        };
-
-        let queue_type = match raw.queue_type.as_deref() {
-            None => QueueType::Quorum,
-            Some(value) => QueueType::parse(value).ok_or_else(|| {
-                invalid(
-                    "QUEUE_TYPE",
-                    format!("unknown queue type {value:?} (use quorum or classic)"),
-                )
-            })?,
-        };
-        let topology = TopologyNames {
-            input_exchange: name(raw.input_exchange, "INPUT_EXCHANGE", "hr.events")?,
-            work_queue: name(raw.work_queue, "WORK_QUEUE", "iam-provisioner")?,
-            results_exchange: name(raw.results_exchange, "RESULTS_EXCHANGE", "identity.results")?,
-            dead_letter_exchange: name(
-                raw.dead_letter_exchange,
-                "DEAD_LETTER_EXCHANGE",
-                "iam-provisioner.dlx",
-            )?,
-            dead_letter_queue: name(
-                raw.dead_letter_queue,
-                "DEAD_LETTER_QUEUE",
-                "iam-provisioner.dlq",
-            )?,
-            queue_type,
         };
 
         let concurrency = raw.concurrency.unwrap_or(32);
@@ -475,6 +520,31 @@ mod tests {
         let printed = format!("{settings:?}");
         assert!(!printed.contains("00secret-token"), "{printed}");
         assert!(!printed.contains("guest:guest"), "{printed}");
+    }
+
+    #[test]
+    fn the_broker_settings_need_nothing_of_okta_and_ignore_other_mistakes() {
+        let settings = BrokerSettings::from_vars(vars(&[
+            ("WORK_QUEUE", "hr-sync"),
+            ("DEAD_LETTER_QUEUE", ""),
+            ("CONCURRENCY", "lots"),
+            ("OFFBOARDING_MODE", "archive"),
+        ]))
+        .expect("only broker variables are read");
+        assert_eq!(settings.topology.work_queue, "hr-sync");
+        assert_eq!(settings.topology.dead_letter_queue, "iam-provisioner.dlq");
+        assert_eq!(settings.topology.replay_exchange(), "hr-sync.replay");
+        for (pair, variable) in [
+            (("AMQP_URL", "http://broker"), "AMQP_URL"),
+            (("QUEUE_TYPE", "stream"), "QUEUE_TYPE"),
+            (("DEAD_LETTER_QUEUE", "amq.mine"), "DEAD_LETTER_QUEUE"),
+        ] {
+            let message = match BrokerSettings::from_vars(vars(&[pair])) {
+                Ok(_) => panic!("{pair:?} must be refused"),
+                Err(e) => e.to_string(),
+            };
+            assert!(message.contains(variable), "{pair:?} → {message}");
+        }
     }
 
     #[test]
