@@ -5,6 +5,7 @@
 pub mod amqp;
 pub mod app;
 pub mod config;
+pub mod dlq;
 pub mod domain;
 pub mod health;
 pub mod okta;

@@ -5,6 +5,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use iam_provisioner::app::{Application, OktaEndpoint};
 use iam_provisioner::config::{OktaTarget, Settings};
+use iam_provisioner::dlq::cli as dlq;
 use iam_provisioner::domain::mapping::{GroupMapping, GroupTarget};
 use iam_provisioner::okta_sim::{self, OktaSim, RateLimit, SimConfig};
 use iam_provisioner::secret::Secret;
@@ -31,6 +32,12 @@ enum Command {
     Run(RunArgs),
     /// Run the fake Okta on its own, for local work and docker-compose.
     OktaSim(SimArgs),
+    /// Inspect, replay or purge the dead-letter queue. Needs only the broker settings.
+    #[command(subcommand)]
+    Dlq(dlq::DlqCommand),
+    /// Move dead-lettered messages back to processing under their original routing key
+    /// (the same as `dlq replay`). Try --dry-run first.
+    Replay(dlq::ReplayArgs),
 }
 
 #[derive(Args)]
@@ -73,7 +80,15 @@ struct SimArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(message) = iam_provisioner::telemetry::init() {
+    let logging = match cli.command {
+        // Their errors are reported as their one line; the AMQP library's own log lines
+        // about the same failure would only repeat it.
+        Command::Dlq(_) | Command::Replay(_) => {
+            iam_provisioner::telemetry::init_with_default_filter("warn,lapin=off")
+        }
+        _ => iam_provisioner::telemetry::init(),
+    };
+    if let Err(message) = logging {
         eprintln!("error: {message}");
         return ExitCode::from(2);
     }
@@ -88,6 +103,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run(args) => run(args).await,
             Command::OktaSim(args) => run_sim(args).await,
+            Command::Dlq(command) => Ok(dlq::run_dlq(command).await?),
+            Command::Replay(args) => Ok(dlq::replay(args).await?),
         }
     });
     match result {

@@ -9,11 +9,20 @@ use tracing_subscriber::EnvFilter;
 /// # Errors
 /// A message naming `LOG_FORMAT` or `RUST_LOG` when either is invalid.
 pub fn init() -> Result<(), String> {
+    init_with_default_filter("info")
+}
+
+/// Like [`init`], with another filter when `RUST_LOG` is unset: commands whose output is
+/// their result (the dead-letter commands) keep library chatter off standard error.
+///
+/// # Errors
+/// A message naming `LOG_FORMAT` or `RUST_LOG` when either is invalid.
+pub fn init_with_default_filter(default_filter: &str) -> Result<(), String> {
     let filter = match std::env::var("RUST_LOG") {
         Ok(value) if !value.trim().is_empty() => {
             EnvFilter::try_new(&value).map_err(|e| format!("RUST_LOG: {e}"))?
         }
-        _ => EnvFilter::new("info"),
+        _ => EnvFilter::new(default_filter),
     };
     let format = std::env::var("LOG_FORMAT").unwrap_or_default();
     let builder = tracing_subscriber::fmt()
