@@ -882,7 +882,7 @@ async fn broker_errors_end_with_one_clear_line_and_a_non_zero_status() {
 }
 
 #[tokio::test]
-async fn a_replay_that_cannot_publish_moves_nothing_and_says_why() {
+async fn a_replay_that_cannot_set_up_its_route_moves_nothing_and_says_why() {
     let broker = Broker::new("dlq-conflict").await;
     let names = &broker.names;
     let all = six();
