@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
-    #[error("cannot connect to the broker at {url}: {source}")]
+    #[error("cannot connect to the broker at {url}")]
     Broker {
         url: String,
         #[source]
@@ -42,9 +42,9 @@ pub enum StartupError {
     },
     #[error(transparent)]
     Topology(#[from] TopologyError),
-    #[error("cannot set up the Okta client: {0}")]
+    #[error("cannot set up the Okta client")]
     Okta(#[from] crate::okta::client::OktaSetupError),
-    #[error("cannot listen on HTTP_LISTEN {address}: {source}")]
+    #[error("cannot listen on HTTP_LISTEN {address}")]
     Http {
         address: SocketAddr,
         #[source]
@@ -97,7 +97,10 @@ impl Application {
         let connection = connect_and_declare(&settings.amqp_url, &settings.topology).await?;
 
         for problem in provisioner.warm_group_cache().await {
-            tracing::warn!(problem = %problem, "a mapped group cannot be used; events that need it will be dead-lettered");
+            tracing::warn!(
+                problem = crate::telemetry::error_chain(&problem),
+                "a mapped group cannot be used; events that need it will be dead-lettered"
+            );
         }
 
         let http_listener = TcpListener::bind(settings.http_listen)
@@ -193,7 +196,11 @@ impl Application {
                         }
                         Err(e) => {
                             reconnect_attempt = reconnect_attempt.saturating_add(1);
-                            tracing::warn!(error = %e, attempt = reconnect_attempt, "broker still unavailable");
+                            tracing::warn!(
+                                error = crate::telemetry::error_chain(&e),
+                                attempt = reconnect_attempt,
+                                "broker still unavailable"
+                            );
                             continue;
                         }
                     }

@@ -58,7 +58,7 @@ pub enum ConfigError {
         variable: &'static str,
         problem: String,
     },
-    #[error("{variable}: {source}")]
+    #[error("{variable}")]
     Mapping {
         variable: &'static str,
         #[source]

@@ -39,3 +39,29 @@ pub fn init_with_default_filter(default_filter: &str) -> Result<(), String> {
     };
     installed.map_err(|e| format!("cannot install the logger: {e}"))
 }
+
+/// An error and its causes, `outer: inner: innermost`, for a log field: error types keep
+/// their causes as sources rather than in their message, so a plain `%error` would show
+/// only the outermost.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn error_chain_shows_every_cause() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("outer")]
+        struct Outer(#[source] std::io::Error);
+        let error = Outer(std::io::Error::other("inner"));
+        assert_eq!(super::error_chain(&error), "outer: inner");
+    }
+}

@@ -119,7 +119,11 @@ impl Worker {
                 tracing::info!(event_type, "delivery handed back to the broker unfinished");
             }
             Err(Abandoned::Publish(e)) => {
-                tracing::warn!(event_type, error = %e, "could not publish the outcome; the message will be redelivered");
+                tracing::warn!(
+                    event_type,
+                    error = crate::telemetry::error_chain(&e),
+                    "could not publish the outcome; the message will be redelivered"
+                );
             }
         }
         drop(job.turn);

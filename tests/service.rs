@@ -662,7 +662,7 @@ async fn a_conflicting_existing_queue_stops_start_up_and_is_left_alone() {
     .await
     .err()
     .expect("start-up must fail");
-    let message = format!("{error:#}");
+    let message = iam_provisioner::telemetry::error_chain(&error);
     assert!(message.contains(&names.work_queue), "{message}");
     assert!(
         message.contains("x-queue-type") || message.contains("x-dead-letter-exchange"),

@@ -30,7 +30,7 @@ const MAX_ERROR_MESSAGE: usize = 1000;
 /// Why a publish was not confirmed.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
-    #[error("broker error while publishing to '{exchange}': {source}")]
+    #[error("broker error while publishing to '{exchange}'")]
     Broker {
         exchange: String,
         #[source]

@@ -71,7 +71,9 @@ pub const REPLAY_BINDING_KEY: &str = "#";
 
 /// Why the topology could not be declared.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot declare {object} '{name}' (it may exist with other arguments; nothing was changed): {source}")]
+#[error(
+    "cannot declare {object} '{name}' (it may exist with other arguments; nothing was changed)"
+)]
 pub struct TopologyError {
     pub object: &'static str,
     pub name: String,

@@ -52,7 +52,7 @@ fn looks_like_group_id(value: &str) -> bool {
 /// Why a mapping cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum MappingError {
-    #[error("cannot read mapping file {path}: {source}")]
+    #[error("cannot read mapping file {path}")]
     Read {
         path: String,
         #[source]

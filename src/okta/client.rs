@@ -118,7 +118,7 @@ impl std::fmt::Debug for OktaClient {
 pub enum OktaSetupError {
     #[error("OKTA_API_TOKEN contains characters that cannot be sent in an HTTP header")]
     BadToken,
-    #[error("cannot build the HTTP client: {0}")]
+    #[error("cannot build the HTTP client")]
     Http(#[source] reqwest::Error),
 }
 
