@@ -4,6 +4,7 @@
 use crate::amqp::topology::{QueueType, TopologyNames};
 use crate::domain::mapping::{GroupMapping, MappingError};
 use crate::domain::plan::OffboardingMode;
+use crate::okta::auth::{OktaAuth, ServiceApp, SigningKey, DEFAULT_SCOPES};
 use crate::okta::OktaClientSettings;
 use crate::retry::RetryPolicy;
 use crate::secret::Secret;
@@ -20,6 +21,10 @@ struct RawEnv {
     okta_api_token: Option<Secret>,
     okta_client_id: Option<String>,
     okta_private_key: Option<Secret>,
+    okta_private_key_file: Option<PathBuf>,
+    okta_key_id: Option<String>,
+    okta_scopes: Option<String>,
+    max_message_bytes: Option<usize>,
     group_mapping_file: Option<PathBuf>,
     group_mapping: Option<String>,
     offboarding_mode: Option<String>,
@@ -68,11 +73,8 @@ fn invalid(variable: &'static str, problem: impl Into<String>) -> ConfigError {
 /// Where Okta is.
 #[derive(Debug, Clone)]
 pub enum OktaTarget {
-    /// A real org, with an SSWS API token.
-    Org {
-        url: reqwest::Url,
-        api_token: Secret,
-    },
+    /// A real org, and how to authenticate to it.
+    Org { url: reqwest::Url, auth: OktaAuth },
     /// The built-in fake Okta, started in-process (`run --okta-sim`).
     Simulated,
 }
@@ -99,6 +101,8 @@ pub struct Settings {
     pub okta_client: OktaClientSettings,
     /// How long a resolved group name stays cached.
     pub group_cache_ttl: Duration,
+    /// Largest message body accepted, in bytes; a larger one is dead-lettered unread.
+    pub max_message_bytes: usize,
 }
 
 impl Settings {
@@ -265,6 +269,7 @@ impl Settings {
             shutdown_timeout: Duration::from_secs(raw.shutdown_timeout_secs.unwrap_or(25)),
             okta_client,
             group_cache_ttl: Duration::from_secs(raw.group_cache_ttl_secs.unwrap_or(300)),
+            max_message_bytes: max_message_bytes(raw.max_message_bytes)?,
         })
     }
 }
@@ -306,27 +311,133 @@ fn okta_target(raw: &RawEnv, okta_sim: bool) -> Result<OktaTarget, ConfigError> 
     if url.host_str().is_none() {
         return Err(invalid("OKTA_ORG_URL", "has no host"));
     }
-    match (
-        &raw.okta_api_token,
-        &raw.okta_client_id,
-        &raw.okta_private_key,
-    ) {
-        (Some(token), _, _) => Ok(OktaTarget::Org {
-            url,
-            api_token: token.clone(),
-        }),
-        (None, Some(_), Some(_)) => Err(invalid(
+    let oauth_set: Vec<&str> = [
+        ("OKTA_CLIENT_ID", raw.okta_client_id.is_some()),
+        ("OKTA_PRIVATE_KEY", raw.okta_private_key.is_some()),
+        ("OKTA_PRIVATE_KEY_FILE", raw.okta_private_key_file.is_some()),
+        ("OKTA_KEY_ID", raw.okta_key_id.is_some()),
+        ("OKTA_SCOPES", raw.okta_scopes.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(name, set)| set.then_some(name))
+    .collect();
+    let auth = match (&raw.okta_api_token, oauth_set.is_empty()) {
+        (Some(_), false) => {
+            return Err(invalid(
+                "OKTA_API_TOKEN",
+                format!(
+                    "is set together with {}: configure either an API token or an OAuth 2.0 service app, not both",
+                    oauth_set.join(", ")
+                ),
+            ))
+        }
+        (Some(token), true) => OktaAuth::ApiToken(token.clone()),
+        (None, false) => OktaAuth::ServiceApp(service_app(raw)?),
+        (None, true) => {
+            return Err(invalid(
+                "OKTA_API_TOKEN",
+                "is required (or an OAuth 2.0 service app: OKTA_CLIENT_ID with OKTA_PRIVATE_KEY or OKTA_PRIVATE_KEY_FILE)",
+            ))
+        }
+    };
+    Ok(OktaTarget::Org { url, auth })
+}
+
+/// The OAuth 2.0 service app from `OKTA_CLIENT_ID`, `OKTA_PRIVATE_KEY` or
+/// `OKTA_PRIVATE_KEY_FILE`, `OKTA_KEY_ID` and `OKTA_SCOPES`. The key is checked here by
+/// signing once, so a bad key stops start-up instead of failing every event; its text is
+/// never part of an error.
+fn service_app(raw: &RawEnv) -> Result<ServiceApp, ConfigError> {
+    let Some(client_id) = raw.okta_client_id.as_deref().map(str::trim) else {
+        return Err(invalid(
             "OKTA_CLIENT_ID",
-            "OAuth 2.0 service-app authentication is not implemented yet; set OKTA_API_TOKEN",
-        )),
-        (None, Some(_), None) => Err(invalid(
+            "is required for an OAuth 2.0 service app (or set OKTA_API_TOKEN instead)",
+        ));
+    };
+    if !is_visible_ascii(client_id) {
+        return Err(invalid(
+            "OKTA_CLIENT_ID",
+            "must be printable ASCII without spaces",
+        ));
+    }
+    let (variable, pem) = match (&raw.okta_private_key, &raw.okta_private_key_file) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "OKTA_PRIVATE_KEY",
+                "set either OKTA_PRIVATE_KEY or OKTA_PRIVATE_KEY_FILE, not both",
+            ))
+        }
+        (None, None) => {
+            return Err(invalid(
+                "OKTA_PRIVATE_KEY",
+                "is required with OKTA_CLIENT_ID (the PEM inline, or its path in OKTA_PRIVATE_KEY_FILE)",
+            ))
+        }
+        // A PEM squeezed onto one line (compose files, CI variables) carries `\n`.
+        (Some(inline), None) if !inline.expose().contains('\n') => (
             "OKTA_PRIVATE_KEY",
-            "is required with OKTA_CLIENT_ID",
+            Secret::new(inline.expose().replace("\\n", "\n")),
+        ),
+        (Some(inline), None) => ("OKTA_PRIVATE_KEY", inline.clone()),
+        (None, Some(path)) => (
+            "OKTA_PRIVATE_KEY_FILE",
+            Secret::new(std::fs::read_to_string(path).map_err(|e| {
+                invalid(
+                    "OKTA_PRIVATE_KEY_FILE",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?),
+        ),
+    };
+    let key = SigningKey::from_pem(&pem).map_err(|e| invalid(variable, e.to_string()))?;
+    let key_id = match raw.okta_key_id.as_deref().map(str::trim) {
+        Some(kid) if !is_visible_ascii(kid) => {
+            return Err(invalid(
+                "OKTA_KEY_ID",
+                "must be printable ASCII without spaces",
+            ))
+        }
+        kid => kid.map(str::to_owned),
+    };
+    let scopes: Vec<String> = match &raw.okta_scopes {
+        None => DEFAULT_SCOPES.iter().map(|s| (*s).to_owned()).collect(),
+        Some(text) => text
+            .split(|c: char| c.is_whitespace() || c == ',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    };
+    // RFC 6749 scope tokens: visible ASCII except `"` and `\`.
+    if scopes
+        .iter()
+        .any(|s| !is_visible_ascii(s) || s.contains(['"', '\\']))
+    {
+        return Err(invalid(
+            "OKTA_SCOPES",
+            "must be scope names separated by spaces, such as okta.users.read",
+        ));
+    }
+    Ok(ServiceApp {
+        client_id: client_id.to_owned(),
+        key,
+        key_id,
+        scopes,
+    })
+}
+
+fn is_visible_ascii(value: &str) -> bool {
+    !value.is_empty() && value.len() <= 255 && value.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// `MAX_MESSAGE_BYTES`: 64 KiB by default; HR events are well under 4 KiB.
+fn max_message_bytes(value: Option<usize>) -> Result<usize, ConfigError> {
+    match value {
+        None => Ok(65_536),
+        Some(n) if n < 1024 => Err(invalid(
+            "MAX_MESSAGE_BYTES",
+            "must be at least 1024 (an HR event needs a few hundred bytes)",
         )),
-        (None, None, _) => Err(invalid(
-            "OKTA_API_TOKEN",
-            "is required (or OKTA_CLIENT_ID with OKTA_PRIVATE_KEY)",
-        )),
+        Some(n) => Ok(n),
     }
 }
 

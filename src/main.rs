@@ -126,9 +126,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut mapping = settings.mapping.clone();
     let mut _sim_guard = None;
     let okta = match &settings.okta {
-        OktaTarget::Org { url, api_token } => OktaEndpoint {
+        OktaTarget::Org { url, auth } => OktaEndpoint {
             url: url.clone(),
-            api_token: api_token.clone(),
+            auth: auth.clone(),
         },
         OktaTarget::Simulated => {
             let mapping = mapping.get_or_insert_with(|| {
@@ -148,10 +148,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                  Never use this in production. See what the service did at {}/__sim/users",
                 sim.base_url()
             );
-            let endpoint = OktaEndpoint {
-                url: reqwest::Url::parse(&sim.base_url()).context("fake Okta URL")?,
-                api_token: Secret::new(sim.api_token()),
-            };
+            let endpoint = OktaEndpoint::with_api_token(
+                reqwest::Url::parse(&sim.base_url()).context("fake Okta URL")?,
+                Secret::new(sim.api_token()),
+            );
             _sim_guard = Some(sim);
             endpoint
         }
