@@ -579,6 +579,193 @@ mod tests {
         assert!(!printed.contains("guest:guest"), "{printed}");
     }
 
+    fn oauth_pairs(pem: &str) -> Vec<(String, String)> {
+        vars(&[
+            ("OKTA_ORG_URL", "https://acme.okta.com"),
+            ("OKTA_CLIENT_ID", "0oa1service"),
+            ("OKTA_PRIVATE_KEY", pem),
+        ])
+    }
+
+    fn oauth_error(pairs: Vec<(String, String)>) -> String {
+        match Settings::from_vars(pairs, false) {
+            Ok(_) => panic!("expected a configuration error"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    fn key_pair(kind: crate::okta_sim::KeyKind) -> crate::okta_sim::TestKeyPair {
+        crate::okta_sim::test_key_pair(kind).expect("key pair")
+    }
+
+    #[test]
+    fn a_service_app_is_configured_with_the_four_scopes_by_default() {
+        let pair = key_pair(crate::okta_sim::KeyKind::Rsa);
+        let settings = Settings::from_vars(oauth_pairs(&pair.private_pem), false).expect("valid");
+        let OktaTarget::Org {
+            auth: OktaAuth::ServiceApp(app),
+            ..
+        } = &settings.okta
+        else {
+            panic!("a service app: {settings:?}")
+        };
+        assert_eq!(app.client_id, "0oa1service");
+        assert_eq!(app.key.algorithm_name(), "RS256");
+        assert_eq!(app.key_id, None);
+        assert_eq!(app.scopes, DEFAULT_SCOPES);
+        let printed = format!("{settings:?}");
+        let body_line = pair.private_pem.lines().nth(2).expect("a base64 line");
+        assert!(!printed.contains(body_line), "{printed}");
+    }
+
+    #[test]
+    fn the_key_can_come_from_a_file_or_a_single_line_and_scopes_and_kid_are_read() {
+        let pair = key_pair(crate::okta_sim::KeyKind::P256);
+        let path = std::env::temp_dir().join(format!("iam-key-{:x}.pem", fastrand::u64(..)));
+        std::fs::write(&path, &pair.private_pem).expect("write key");
+        let mut pairs = vars(&[
+            ("OKTA_ORG_URL", "https://acme.okta.com"),
+            ("OKTA_CLIENT_ID", "0oa1service"),
+            ("OKTA_KEY_ID", "key-2026"),
+            ("OKTA_SCOPES", "okta.users.read, okta.users.manage"),
+        ]);
+        pairs.push(("OKTA_PRIVATE_KEY_FILE".into(), path.display().to_string()));
+        let settings = Settings::from_vars(pairs, false);
+        let _ = std::fs::remove_file(&path);
+        let Ok(Settings {
+            okta:
+                OktaTarget::Org {
+                    auth: OktaAuth::ServiceApp(app),
+                    ..
+                },
+            ..
+        }) = settings
+        else {
+            panic!("a service app")
+        };
+        assert_eq!(app.key.algorithm_name(), "ES256");
+        assert_eq!(app.key_id.as_deref(), Some("key-2026"));
+        assert_eq!(app.scopes, ["okta.users.read", "okta.users.manage"]);
+
+        let one_line = pair.private_pem.trim().replace('\n', "\\n");
+        assert!(Settings::from_vars(oauth_pairs(&one_line), false).is_ok());
+    }
+
+    #[test]
+    fn oauth_mistakes_name_their_variable_and_never_echo_the_key() {
+        let pair = key_pair(crate::okta_sim::KeyKind::Rsa);
+        let first_line = pair
+            .private_pem
+            .lines()
+            .nth(1)
+            .expect("a base64 line")
+            .to_owned();
+        let secret_line = pair
+            .private_pem
+            .lines()
+            .nth(3)
+            .expect("a base64 line")
+            .to_owned();
+        let broken = pair
+            .private_pem
+            .replace(&secret_line, &"A".repeat(secret_line.len()));
+        let cases: Vec<(Vec<(String, String)>, &[&str])> = vec![
+            (oauth_pairs("not a key"), &["OKTA_PRIVATE_KEY", "not a PEM"]),
+            (
+                oauth_pairs(&broken),
+                &["OKTA_PRIVATE_KEY", "RSA key of 2048 bits"],
+            ),
+            (
+                oauth_pairs(&pair.public_pem),
+                &["OKTA_PRIVATE_KEY", "PUBLIC KEY"],
+            ),
+            (
+                {
+                    let mut p = oauth_pairs(&pair.private_pem);
+                    p.push(("OKTA_API_TOKEN".into(), "00token".into()));
+                    p
+                },
+                &[
+                    "OKTA_API_TOKEN",
+                    "OKTA_CLIENT_ID",
+                    "OKTA_PRIVATE_KEY",
+                    "not both",
+                ],
+            ),
+            (
+                vars(&[
+                    ("OKTA_ORG_URL", "https://acme.okta.com"),
+                    ("OKTA_CLIENT_ID", "0oa1service"),
+                ]),
+                &["OKTA_PRIVATE_KEY", "is required"],
+            ),
+            (
+                vars(&[
+                    ("OKTA_ORG_URL", "https://acme.okta.com"),
+                    ("OKTA_PRIVATE_KEY", &pair.private_pem),
+                ]),
+                &["OKTA_CLIENT_ID", "is required"],
+            ),
+            (
+                {
+                    let mut p = oauth_pairs(&pair.private_pem);
+                    p.push(("OKTA_PRIVATE_KEY_FILE".into(), "/etc/key.pem".into()));
+                    p
+                },
+                &["OKTA_PRIVATE_KEY_FILE", "not both"],
+            ),
+            (
+                {
+                    let mut p = oauth_pairs("x");
+                    p.retain(|(k, _)| k != "OKTA_PRIVATE_KEY");
+                    p.push((
+                        "OKTA_PRIVATE_KEY_FILE".into(),
+                        "/nonexistent/key.pem".into(),
+                    ));
+                    p
+                },
+                &["OKTA_PRIVATE_KEY_FILE", "cannot read /nonexistent/key.pem"],
+            ),
+            (
+                {
+                    let mut p = oauth_pairs(&pair.private_pem);
+                    p.push(("OKTA_SCOPES".into(), "okta.users.read \"x\"".into()));
+                    p
+                },
+                &["OKTA_SCOPES"],
+            ),
+            (
+                {
+                    let mut p = oauth_pairs(&pair.private_pem);
+                    p.push(("OKTA_KEY_ID".into(), "a key".into()));
+                    p
+                },
+                &["OKTA_KEY_ID"],
+            ),
+        ];
+        for (pairs, expected) in cases {
+            let message = oauth_error(pairs);
+            for needle in expected {
+                assert!(message.contains(needle), "{needle:?} not in {message}");
+            }
+            assert!(!message.contains(&secret_line), "the key leaked: {message}");
+            assert!(!message.contains(&first_line), "the key leaked: {message}");
+        }
+    }
+
+    #[test]
+    fn max_message_bytes_defaults_to_64_kib_and_has_a_floor() {
+        let settings = Settings::from_vars(vars(&OKTA), false).expect("valid");
+        assert_eq!(settings.max_message_bytes, 65_536);
+        let mut pairs = OKTA.to_vec();
+        pairs.push(("MAX_MESSAGE_BYTES", "1000"));
+        assert!(error(&pairs, false).contains("MAX_MESSAGE_BYTES"));
+        pairs.pop();
+        pairs.push(("MAX_MESSAGE_BYTES", "2048"));
+        let settings = Settings::from_vars(vars(&pairs), false).expect("valid");
+        assert_eq!(settings.max_message_bytes, 2048);
+    }
+
     #[test]
     fn both_mapping_sources_at_once_are_refused() {
         let mut pairs = OKTA.to_vec();

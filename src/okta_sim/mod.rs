@@ -19,6 +19,8 @@
 mod admin;
 mod gate;
 mod oauth;
+#[cfg(test)]
+mod oauth_tests;
 mod routes;
 mod search;
 mod state;
