@@ -669,7 +669,8 @@ mod tests {
         let broken = pair
             .private_pem
             .replace(&secret_line, &"A".repeat(secret_line.len()));
-        let cases: Vec<(Vec<(String, String)>, &[&str])> = vec![
+        type Case<'a> = (Vec<(String, String)>, &'a [&'a str]);
+        let cases: Vec<Case> = vec![
             (oauth_pairs("not a key"), &["OKTA_PRIVATE_KEY", "not a PEM"]),
             (
                 oauth_pairs(&broken),
