@@ -69,6 +69,13 @@ struct SimArgs {
     /// Length of the rate-limit window, in seconds.
     #[arg(long, default_value_t = 60)]
     rate_window_secs: u64,
+    /// Register an OAuth 2.0 service app, granted the four scopes the service needs:
+    /// its client id and the file of its public key (PEM). Repeatable.
+    #[arg(long = "oauth-client", value_name = "CLIENT_ID=PUBLIC_KEY_FILE")]
+    oauth_clients: Vec<String>,
+    /// Lifetime of the access tokens the fake issues, in seconds.
+    #[arg(long, default_value_t = 3600)]
+    access_token_lifetime_secs: u64,
 }
 
 fn main() -> ExitCode {
@@ -190,6 +197,22 @@ async fn run_sim(args: SimArgs) -> anyhow::Result<()> {
     };
     if let Some(token) = args.token {
         config.api_token = token;
+    }
+    config.access_token_lifetime = Duration::from_secs(args.access_token_lifetime_secs);
+    for client in &args.oauth_clients {
+        let Some((client_id, key_file)) = client.split_once('=') else {
+            anyhow::bail!("--oauth-client: expected CLIENT_ID=PUBLIC_KEY_FILE, got {client:?}");
+        };
+        let public_key_pem = std::fs::read_to_string(key_file)
+            .with_context(|| format!("--oauth-client: cannot read {key_file}"))?;
+        config.oauth_clients.push(okta_sim::SimOAuthClient {
+            client_id: client_id.to_owned(),
+            public_key_pem,
+            scopes: iam_provisioner::okta::auth::DEFAULT_SCOPES
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+        });
     }
     okta_sim::serve_until(config, shutdown_signal())
         .await

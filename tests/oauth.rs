@@ -286,3 +286,58 @@ async fn a_scope_the_app_was_not_granted_is_named_by_the_token_refusal() {
     let message = error["message"].as_str().unwrap_or_default();
     assert!(message.contains("okta.groups.manage"), "{message}");
 }
+
+#[tokio::test]
+async fn the_okta_sim_command_registers_service_apps_from_the_command_line() {
+    use iam_provisioner::okta::{OktaAuth, OktaClient, OktaClientSettings, ServiceApp, SigningKey};
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let keys = key(KeyKind::P256);
+    let key_file = std::env::temp_dir().join(format!("iam-sim-pub-{:x}.pem", fastrand::u64(..)));
+    std::fs::write(&key_file, &keys.public_pem).expect("write key");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_iam-provisioner"))
+        .args(["okta-sim", "--listen", "127.0.0.1:0", "--oauth-client"])
+        .arg(format!("0oaCLI={}", key_file.display()))
+        .env_clear()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("okta-sim starts");
+    let stderr = child.stderr.take().expect("stderr");
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = sender.send(line);
+        }
+    });
+    let base = loop {
+        let line = receiver
+            .recv_timeout(PATIENCE)
+            .expect("the fake says where it is");
+        if let Some(start) = line.find("http://127.0.0.1:") {
+            let url: String = line[start..]
+                .chars()
+                .take_while(|c| !c.is_whitespace() && *c != '\u{1b}')
+                .collect();
+            break url;
+        }
+    };
+    let _ = std::fs::remove_file(&key_file);
+    let app = ServiceApp {
+        client_id: "0oaCLI".into(),
+        key: SigningKey::from_pem(&secret(&keys.private_pem)).expect("key"),
+        key_id: None,
+        scopes: ALL_SCOPES.iter().map(|s| s.to_string()).collect(),
+    };
+    let client = OktaClient::with_auth(
+        reqwest::Url::parse(&base).expect("url"),
+        &OktaAuth::ServiceApp(app),
+        OktaClientSettings::default(),
+    )
+    .expect("client");
+    let groups = client.find_groups_by_name("Nobody").await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(groups.expect("authorized as the service app").is_empty());
+}
