@@ -42,6 +42,11 @@ const ASSERTION_LIFETIME: Duration = Duration::from_secs(300);
 /// flight must not carry a token that dies on the way.
 const MAX_RENEWAL_MARGIN: Duration = Duration::from_secs(60);
 
+/// How long a refused token request (wrong key, scope not granted) is answered from
+/// memory: a burst of deliveries must not become a burst of doomed token requests,
+/// while an administrator's fix is still noticed within seconds.
+const REFUSAL_HOLD: Duration = Duration::from_secs(10);
+
 const CLIENT_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 /// How the service authenticates to Okta.
@@ -230,7 +235,7 @@ impl Authorizer {
                     token_url,
                     scope: app.scopes.join(" "),
                     app: app.clone(),
-                    cached: Mutex::new(None),
+                    cached: Mutex::new(TokenState::default()),
                 }))))
             }
         }
@@ -269,7 +274,14 @@ struct TokenSource {
     scope: String,
     /// Held while a token is fetched, so concurrent callers wait for that one fetch
     /// instead of each asking Okta (single flight).
-    cached: Mutex<Option<CachedToken>>,
+    cached: Mutex<TokenState>,
+}
+
+#[derive(Default)]
+struct TokenState {
+    token: Option<CachedToken>,
+    /// The last refusal of the token endpoint, and when it came.
+    refused: Option<(TokenError, Instant)>,
 }
 
 struct CachedToken {
@@ -295,24 +307,44 @@ struct OAuthErrorBody {
 
 impl TokenSource {
     async fn authorization(&self) -> Result<HeaderValue, OktaError> {
-        let mut cached = self.cached.lock().await;
-        if let Some(token) = cached.as_ref() {
+        let mut state = self.cached.lock().await;
+        if let Some(token) = state.token.as_ref() {
             if Instant::now() < token.renew_at {
                 return Ok(token.authorization.clone());
             }
         }
-        let fresh = self.fetch().await?;
-        let authorization = fresh.authorization.clone();
-        *cached = Some(fresh);
-        Ok(authorization)
+        if let Some((refusal, at)) = &state.refused {
+            if at.elapsed() < REFUSAL_HOLD {
+                return Err(OktaError::Token(Box::new(refusal.clone())));
+            }
+        }
+        match self.fetch().await {
+            Ok(fresh) => {
+                let authorization = fresh.authorization.clone();
+                *state = TokenState {
+                    token: Some(fresh),
+                    refused: None,
+                };
+                Ok(authorization)
+            }
+            Err(OktaError::Token(refusal)) if refusal.status < 500 => {
+                state.refused = Some(((*refusal).clone(), Instant::now()));
+                Err(OktaError::Token(refusal))
+            }
+            Err(error) => Err(error),
+        }
     }
 
     async fn forget(&self, rejected: &HeaderValue) {
-        let mut cached = self.cached.lock().await;
+        let mut state = self.cached.lock().await;
         // Only the token Okta rejected: when several calls fail with the same token,
         // the first renews it and the others reuse the new one.
-        if cached.as_ref().is_some_and(|t| t.authorization == rejected) {
-            *cached = None;
+        if state
+            .token
+            .as_ref()
+            .is_some_and(|t| t.authorization == rejected)
+        {
+            state.token = None;
         }
     }
 
@@ -666,7 +698,7 @@ mod tests {
             token_url: token_url.clone(),
             app: app.clone(),
             scope: "okta.users.read".into(),
-            cached: Mutex::new(None),
+            cached: Mutex::new(TokenState::default()),
         };
         let error = source
             .fetch_with_jti("the-same-jti".into())
@@ -678,6 +710,29 @@ mod tests {
         let message = error.to_string();
         assert!(message.contains("invalid_client"), "{message}");
         assert!(message.contains("already been used"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn a_refused_token_request_is_remembered_briefly_instead_of_repeated() {
+        let (app, _) = app(KeyKind::Rsa);
+        let other = test_key_pair(KeyKind::Rsa).expect("key pair");
+        let sim = sim_with_client(other.public_pem, Duration::from_secs(3600)).await;
+        let auth = authorizer(&sim, app);
+        for _ in 0..5 {
+            let error = auth.authorization().await.expect_err("wrong key");
+            assert_eq!(error.error_code(), Some("invalid_client"));
+            assert_eq!(error.kind(), crate::domain::outcome::ErrorKind::Okta);
+        }
+        assert_eq!(
+            sim.token_requests().len(),
+            1,
+            "one request for five callers"
+        );
+        tokio::time::pause();
+        tokio::time::advance(REFUSAL_HOLD + Duration::from_secs(1)).await;
+        tokio::time::resume();
+        let _ = auth.authorization().await.expect_err("still the wrong key");
+        assert_eq!(sim.token_requests().len(), 2, "asked again after the hold");
     }
 
     #[tokio::test]
