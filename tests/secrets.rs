@@ -242,3 +242,53 @@ async fn next_outcome(outcomes: &mut lapin::Consumer) -> serde_json::Value {
         .expect("delivery");
     serde_json::from_slice(&delivery.data).expect("json")
 }
+
+#[test]
+fn a_bad_service_app_configuration_stops_start_up_in_one_line_without_the_key() {
+    let keys = test_key_pair(KeyKind::P256).expect("key pair");
+    let private_line = keys.private_pem.lines().nth(1).expect("a base64 line");
+    let public_line = keys.public_pem.lines().nth(1).expect("a base64 line");
+    let cases: [(&[(&str, &str)], &str); 3] = [
+        // The public key where the private one belongs.
+        (
+            &[
+                ("OKTA_CLIENT_ID", "0oaBAD"),
+                ("OKTA_PRIVATE_KEY", &keys.public_pem),
+            ],
+            "OKTA_PRIVATE_KEY",
+        ),
+        // A key that is not PEM at all (say, a pasted JWK).
+        (
+            &[
+                ("OKTA_CLIENT_ID", "0oaBAD"),
+                ("OKTA_PRIVATE_KEY", r#"{"kty":"RSA","d":"c2VjcmV0"}"#),
+            ],
+            "OKTA_PRIVATE_KEY",
+        ),
+        // Two ways to authenticate at once.
+        (
+            &[
+                ("OKTA_API_TOKEN", "00token"),
+                ("OKTA_CLIENT_ID", "0oaBAD"),
+                ("OKTA_PRIVATE_KEY", &keys.private_pem),
+            ],
+            "OKTA_API_TOKEN",
+        ),
+    ];
+    for (vars, variable) in cases {
+        let output = Command::new(BINARY)
+            .arg("run")
+            .env_clear()
+            .env("OKTA_ORG_URL", "https://acme.okta.com")
+            .envs(vars.iter().copied())
+            .output()
+            .expect("runs");
+        assert!(!output.status.success(), "{variable} must stop start-up");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(stderr.lines().count(), 1, "one clear line: {stderr}");
+        assert!(stderr.contains(variable), "{stderr}");
+        for secret in [private_line, public_line, "c2VjcmV0"] {
+            assert!(!stderr.contains(secret), "key material in: {stderr}");
+        }
+    }
+}
