@@ -12,7 +12,7 @@ use crate::config::Settings;
 use crate::domain::mapping::GroupMapping;
 use crate::health::{self, Health};
 use crate::okta::groups::GroupDirectory;
-use crate::okta::OktaClient;
+use crate::okta::{OktaAuth, OktaClient};
 use crate::outage::OktaCircuit;
 use crate::provisioner::{Provisioner, SharedMapping};
 use crate::secret::{redact_url_password, Secret};
@@ -52,11 +52,21 @@ pub enum StartupError {
     },
 }
 
-/// Where Okta is, once any fake has been started.
+/// Where Okta is, once any fake has been started, and how to authenticate to it.
 #[derive(Debug, Clone)]
 pub struct OktaEndpoint {
     pub url: reqwest::Url,
-    pub api_token: Secret,
+    pub auth: OktaAuth,
+}
+
+impl OktaEndpoint {
+    /// An org reached with an SSWS API token.
+    pub fn with_api_token(url: reqwest::Url, api_token: Secret) -> Self {
+        Self {
+            url,
+            auth: OktaAuth::ApiToken(api_token),
+        }
+    }
 }
 
 /// A built application, ready to run.
@@ -81,11 +91,8 @@ impl Application {
         okta: OktaEndpoint,
         mapping: GroupMapping,
     ) -> Result<Self, StartupError> {
-        let client = OktaClient::new(
-            okta.url.clone(),
-            &okta.api_token,
-            settings.okta_client.clone(),
-        )?;
+        let client =
+            OktaClient::with_auth(okta.url.clone(), &okta.auth, settings.okta_client.clone())?;
         let groups = GroupDirectory::new(client.clone(), settings.group_cache_ttl);
         let provisioner = Arc::new(Provisioner::new(
             client,
@@ -279,7 +286,8 @@ impl Application {
                             body: delivery.data,
                         };
                         let sequencer = &self.sequencer;
-                        let job = Job::parse(message, delivery.acker, |keys| sequencer.register(keys));
+                        let max_body = self.settings.max_message_bytes;
+                        let job = Job::parse_bounded(message, delivery.acker, max_body, |keys| sequencer.register(keys));
                         let worker = Arc::clone(&self.worker);
                         let publisher = Arc::clone(&publisher);
                         let hand_back = hand_back.clone();

@@ -4,6 +4,7 @@
 use crate::amqp::topology::{QueueType, TopologyNames};
 use crate::domain::mapping::{GroupMapping, MappingError};
 use crate::domain::plan::OffboardingMode;
+use crate::okta::auth::{OktaAuth, ServiceApp, SigningKey, DEFAULT_SCOPES};
 use crate::okta::OktaClientSettings;
 use crate::retry::RetryPolicy;
 use crate::secret::Secret;
@@ -33,6 +34,10 @@ struct RawEnv {
     okta_api_token: Option<Secret>,
     okta_client_id: Option<String>,
     okta_private_key: Option<Secret>,
+    okta_private_key_file: Option<PathBuf>,
+    okta_key_id: Option<String>,
+    okta_scopes: Option<String>,
+    max_message_bytes: Option<usize>,
     group_mapping_file: Option<PathBuf>,
     group_mapping: Option<String>,
     offboarding_mode: Option<String>,
@@ -76,11 +81,8 @@ fn invalid(variable: &'static str, problem: impl Into<String>) -> ConfigError {
 /// Where Okta is.
 #[derive(Debug, Clone)]
 pub enum OktaTarget {
-    /// A real org, with an SSWS API token.
-    Org {
-        url: reqwest::Url,
-        api_token: Secret,
-    },
+    /// A real org, and how to authenticate to it.
+    Org { url: reqwest::Url, auth: OktaAuth },
     /// The built-in fake Okta, started in-process (`run --okta-sim`).
     Simulated,
 }
@@ -185,6 +187,8 @@ pub struct Settings {
     /// Consecutive transient Okta failures (across all events) that mean "Okta is
     /// down": consuming pauses and events wait instead of spending attempts.
     pub okta_outage_threshold: u32,
+    /// Largest message body accepted, in bytes; a larger one is dead-lettered unread.
+    pub max_message_bytes: usize,
 }
 
 impl Settings {
@@ -319,6 +323,7 @@ impl Settings {
                 Some(n) => n,
                 None => 5,
             },
+            max_message_bytes: max_message_bytes(raw.max_message_bytes)?,
         })
     }
 }
@@ -360,27 +365,133 @@ fn okta_target(raw: &RawEnv, okta_sim: bool) -> Result<OktaTarget, ConfigError> 
     if url.host_str().is_none() {
         return Err(invalid("OKTA_ORG_URL", "has no host"));
     }
-    match (
-        &raw.okta_api_token,
-        &raw.okta_client_id,
-        &raw.okta_private_key,
-    ) {
-        (Some(token), _, _) => Ok(OktaTarget::Org {
-            url,
-            api_token: token.clone(),
-        }),
-        (None, Some(_), Some(_)) => Err(invalid(
+    let oauth_set: Vec<&str> = [
+        ("OKTA_CLIENT_ID", raw.okta_client_id.is_some()),
+        ("OKTA_PRIVATE_KEY", raw.okta_private_key.is_some()),
+        ("OKTA_PRIVATE_KEY_FILE", raw.okta_private_key_file.is_some()),
+        ("OKTA_KEY_ID", raw.okta_key_id.is_some()),
+        ("OKTA_SCOPES", raw.okta_scopes.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(name, set)| set.then_some(name))
+    .collect();
+    let auth = match (&raw.okta_api_token, oauth_set.is_empty()) {
+        (Some(_), false) => {
+            return Err(invalid(
+                "OKTA_API_TOKEN",
+                format!(
+                    "is set together with {}: configure either an API token or an OAuth 2.0 service app, not both",
+                    oauth_set.join(", ")
+                ),
+            ))
+        }
+        (Some(token), true) => OktaAuth::ApiToken(token.clone()),
+        (None, false) => OktaAuth::ServiceApp(service_app(raw)?),
+        (None, true) => {
+            return Err(invalid(
+                "OKTA_API_TOKEN",
+                "is required (or an OAuth 2.0 service app: OKTA_CLIENT_ID with OKTA_PRIVATE_KEY or OKTA_PRIVATE_KEY_FILE)",
+            ))
+        }
+    };
+    Ok(OktaTarget::Org { url, auth })
+}
+
+/// The OAuth 2.0 service app from `OKTA_CLIENT_ID`, `OKTA_PRIVATE_KEY` or
+/// `OKTA_PRIVATE_KEY_FILE`, `OKTA_KEY_ID` and `OKTA_SCOPES`. The key is checked here by
+/// signing once, so a bad key stops start-up instead of failing every event; its text is
+/// never part of an error.
+fn service_app(raw: &RawEnv) -> Result<ServiceApp, ConfigError> {
+    let Some(client_id) = raw.okta_client_id.as_deref().map(str::trim) else {
+        return Err(invalid(
             "OKTA_CLIENT_ID",
-            "OAuth 2.0 service-app authentication is not implemented yet; set OKTA_API_TOKEN",
-        )),
-        (None, Some(_), None) => Err(invalid(
+            "is required for an OAuth 2.0 service app (or set OKTA_API_TOKEN instead)",
+        ));
+    };
+    if !is_visible_ascii(client_id) {
+        return Err(invalid(
+            "OKTA_CLIENT_ID",
+            "must be printable ASCII without spaces",
+        ));
+    }
+    let (variable, pem) = match (&raw.okta_private_key, &raw.okta_private_key_file) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "OKTA_PRIVATE_KEY",
+                "set either OKTA_PRIVATE_KEY or OKTA_PRIVATE_KEY_FILE, not both",
+            ))
+        }
+        (None, None) => {
+            return Err(invalid(
+                "OKTA_PRIVATE_KEY",
+                "is required with OKTA_CLIENT_ID (the PEM inline, or its path in OKTA_PRIVATE_KEY_FILE)",
+            ))
+        }
+        // A PEM squeezed onto one line (compose files, CI variables) carries `\n`.
+        (Some(inline), None) if !inline.expose().contains('\n') => (
             "OKTA_PRIVATE_KEY",
-            "is required with OKTA_CLIENT_ID",
+            Secret::new(inline.expose().replace("\\n", "\n")),
+        ),
+        (Some(inline), None) => ("OKTA_PRIVATE_KEY", inline.clone()),
+        (None, Some(path)) => (
+            "OKTA_PRIVATE_KEY_FILE",
+            Secret::new(std::fs::read_to_string(path).map_err(|e| {
+                invalid(
+                    "OKTA_PRIVATE_KEY_FILE",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?),
+        ),
+    };
+    let key = SigningKey::from_pem(&pem).map_err(|e| invalid(variable, e.to_string()))?;
+    let key_id = match raw.okta_key_id.as_deref().map(str::trim) {
+        Some(kid) if !is_visible_ascii(kid) => {
+            return Err(invalid(
+                "OKTA_KEY_ID",
+                "must be printable ASCII without spaces",
+            ))
+        }
+        kid => kid.map(str::to_owned),
+    };
+    let scopes: Vec<String> = match &raw.okta_scopes {
+        None => DEFAULT_SCOPES.iter().map(|s| (*s).to_owned()).collect(),
+        Some(text) => text
+            .split(|c: char| c.is_whitespace() || c == ',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    };
+    // RFC 6749 scope tokens: visible ASCII except `"` and `\`.
+    if scopes
+        .iter()
+        .any(|s| !is_visible_ascii(s) || s.contains(['"', '\\']))
+    {
+        return Err(invalid(
+            "OKTA_SCOPES",
+            "must be scope names separated by spaces, such as okta.users.read",
+        ));
+    }
+    Ok(ServiceApp {
+        client_id: client_id.to_owned(),
+        key,
+        key_id,
+        scopes,
+    })
+}
+
+fn is_visible_ascii(value: &str) -> bool {
+    !value.is_empty() && value.len() <= 255 && value.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// `MAX_MESSAGE_BYTES`: 64 KiB by default; HR events are well under 4 KiB.
+fn max_message_bytes(value: Option<usize>) -> Result<usize, ConfigError> {
+    match value {
+        None => Ok(65_536),
+        Some(n) if n < 1024 => Err(invalid(
+            "MAX_MESSAGE_BYTES",
+            "must be at least 1024 (an HR event needs a few hundred bytes)",
         )),
-        (None, None, _) => Err(invalid(
-            "OKTA_API_TOKEN",
-            "is required (or OKTA_CLIENT_ID with OKTA_PRIVATE_KEY)",
-        )),
+        Some(n) => Ok(n),
     }
 }
 
@@ -520,6 +631,194 @@ mod tests {
         let printed = format!("{settings:?}");
         assert!(!printed.contains("00secret-token"), "{printed}");
         assert!(!printed.contains("guest:guest"), "{printed}");
+    }
+
+    fn oauth_pairs(pem: &str) -> Vec<(String, String)> {
+        vars(&[
+            ("OKTA_ORG_URL", "https://acme.okta.com"),
+            ("OKTA_CLIENT_ID", "0oa1service"),
+            ("OKTA_PRIVATE_KEY", pem),
+        ])
+    }
+
+    fn oauth_error(pairs: Vec<(String, String)>) -> String {
+        match Settings::from_vars(pairs, false) {
+            Ok(_) => panic!("expected a configuration error"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    fn key_pair(kind: crate::okta_sim::KeyKind) -> crate::okta_sim::TestKeyPair {
+        crate::okta_sim::test_key_pair(kind).expect("key pair")
+    }
+
+    #[test]
+    fn a_service_app_is_configured_with_the_four_scopes_by_default() {
+        let pair = key_pair(crate::okta_sim::KeyKind::Rsa);
+        let settings = Settings::from_vars(oauth_pairs(&pair.private_pem), false).expect("valid");
+        let OktaTarget::Org {
+            auth: OktaAuth::ServiceApp(app),
+            ..
+        } = &settings.okta
+        else {
+            panic!("a service app: {settings:?}")
+        };
+        assert_eq!(app.client_id, "0oa1service");
+        assert_eq!(app.key.algorithm_name(), "RS256");
+        assert_eq!(app.key_id, None);
+        assert_eq!(app.scopes, DEFAULT_SCOPES);
+        let printed = format!("{settings:?}");
+        let body_line = pair.private_pem.lines().nth(2).expect("a base64 line");
+        assert!(!printed.contains(body_line), "{printed}");
+    }
+
+    #[test]
+    fn the_key_can_come_from_a_file_or_a_single_line_and_scopes_and_kid_are_read() {
+        let pair = key_pair(crate::okta_sim::KeyKind::P256);
+        let path = std::env::temp_dir().join(format!("iam-key-{:x}.pem", fastrand::u64(..)));
+        std::fs::write(&path, &pair.private_pem).expect("write key");
+        let mut pairs = vars(&[
+            ("OKTA_ORG_URL", "https://acme.okta.com"),
+            ("OKTA_CLIENT_ID", "0oa1service"),
+            ("OKTA_KEY_ID", "key-2026"),
+            ("OKTA_SCOPES", "okta.users.read, okta.users.manage"),
+        ]);
+        pairs.push(("OKTA_PRIVATE_KEY_FILE".into(), path.display().to_string()));
+        let settings = Settings::from_vars(pairs, false);
+        let _ = std::fs::remove_file(&path);
+        let Ok(Settings {
+            okta:
+                OktaTarget::Org {
+                    auth: OktaAuth::ServiceApp(app),
+                    ..
+                },
+            ..
+        }) = settings
+        else {
+            panic!("a service app")
+        };
+        assert_eq!(app.key.algorithm_name(), "ES256");
+        assert_eq!(app.key_id.as_deref(), Some("key-2026"));
+        assert_eq!(app.scopes, ["okta.users.read", "okta.users.manage"]);
+
+        let one_line = pair.private_pem.trim().replace('\n', "\\n");
+        assert!(Settings::from_vars(oauth_pairs(&one_line), false).is_ok());
+    }
+
+    #[test]
+    fn oauth_mistakes_name_their_variable_and_never_echo_the_key() {
+        let pair = key_pair(crate::okta_sim::KeyKind::Rsa);
+        let first_line = pair
+            .private_pem
+            .lines()
+            .nth(1)
+            .expect("a base64 line")
+            .to_owned();
+        let secret_line = pair
+            .private_pem
+            .lines()
+            .nth(3)
+            .expect("a base64 line")
+            .to_owned();
+        let broken = pair
+            .private_pem
+            .replace(&secret_line, &"A".repeat(secret_line.len()));
+        type Case<'a> = (Vec<(String, String)>, &'a [&'a str]);
+        let cases: Vec<Case> = vec![
+            (oauth_pairs("not a key"), &["OKTA_PRIVATE_KEY", "not a PEM"]),
+            (
+                oauth_pairs(&broken),
+                &["OKTA_PRIVATE_KEY", "RSA key of 2048 bits"],
+            ),
+            (
+                oauth_pairs(&pair.public_pem),
+                &["OKTA_PRIVATE_KEY", "PUBLIC KEY"],
+            ),
+            (
+                {
+                    let mut p = oauth_pairs(&pair.private_pem);
+                    p.push(("OKTA_API_TOKEN".into(), "00token".into()));
+                    p
+                },
+                &[
+                    "OKTA_API_TOKEN",
+                    "OKTA_CLIENT_ID",
+                    "OKTA_PRIVATE_KEY",
+                    "not both",
+                ],
+            ),
+            (
+                vars(&[
+                    ("OKTA_ORG_URL", "https://acme.okta.com"),
+                    ("OKTA_CLIENT_ID", "0oa1service"),
+                ]),
+                &["OKTA_PRIVATE_KEY", "is required"],
+            ),
+            (
+                vars(&[
+                    ("OKTA_ORG_URL", "https://acme.okta.com"),
+                    ("OKTA_PRIVATE_KEY", &pair.private_pem),
+                ]),
+                &["OKTA_CLIENT_ID", "is required"],
+            ),
+            (
+                {
+                    let mut p = oauth_pairs(&pair.private_pem);
+                    p.push(("OKTA_PRIVATE_KEY_FILE".into(), "/etc/key.pem".into()));
+                    p
+                },
+                &["OKTA_PRIVATE_KEY_FILE", "not both"],
+            ),
+            (
+                {
+                    let mut p = oauth_pairs("x");
+                    p.retain(|(k, _)| k != "OKTA_PRIVATE_KEY");
+                    p.push((
+                        "OKTA_PRIVATE_KEY_FILE".into(),
+                        "/nonexistent/key.pem".into(),
+                    ));
+                    p
+                },
+                &["OKTA_PRIVATE_KEY_FILE", "cannot read /nonexistent/key.pem"],
+            ),
+            (
+                {
+                    let mut p = oauth_pairs(&pair.private_pem);
+                    p.push(("OKTA_SCOPES".into(), "okta.users.read \"x\"".into()));
+                    p
+                },
+                &["OKTA_SCOPES"],
+            ),
+            (
+                {
+                    let mut p = oauth_pairs(&pair.private_pem);
+                    p.push(("OKTA_KEY_ID".into(), "a key".into()));
+                    p
+                },
+                &["OKTA_KEY_ID"],
+            ),
+        ];
+        for (pairs, expected) in cases {
+            let message = oauth_error(pairs);
+            for needle in expected {
+                assert!(message.contains(needle), "{needle:?} not in {message}");
+            }
+            assert!(!message.contains(&secret_line), "the key leaked: {message}");
+            assert!(!message.contains(&first_line), "the key leaked: {message}");
+        }
+    }
+
+    #[test]
+    fn max_message_bytes_defaults_to_64_kib_and_has_a_floor() {
+        let settings = Settings::from_vars(vars(&OKTA), false).expect("valid");
+        assert_eq!(settings.max_message_bytes, 65_536);
+        let mut pairs = OKTA.to_vec();
+        pairs.push(("MAX_MESSAGE_BYTES", "1000"));
+        assert!(error(&pairs, false).contains("MAX_MESSAGE_BYTES"));
+        pairs.pop();
+        pairs.push(("MAX_MESSAGE_BYTES", "2048"));
+        let settings = Settings::from_vars(vars(&pairs), false).expect("valid");
+        assert_eq!(settings.max_message_bytes, 2048);
     }
 
     #[test]

@@ -76,6 +76,13 @@ struct SimArgs {
     /// Length of the rate-limit window, in seconds.
     #[arg(long, default_value_t = 60)]
     rate_window_secs: u64,
+    /// Register an OAuth 2.0 service app, granted the four scopes the service needs:
+    /// its client id and the file of its public key (PEM). Repeatable.
+    #[arg(long = "oauth-client", value_name = "CLIENT_ID=PUBLIC_KEY_FILE")]
+    oauth_clients: Vec<String>,
+    /// Lifetime of the access tokens the fake issues, in seconds.
+    #[arg(long, default_value_t = 3600)]
+    access_token_lifetime_secs: u64,
 }
 
 fn main() -> ExitCode {
@@ -143,9 +150,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut mapping = settings.mapping.clone();
     let mut _sim_guard = None;
     let okta = match &settings.okta {
-        OktaTarget::Org { url, api_token } => OktaEndpoint {
+        OktaTarget::Org { url, auth } => OktaEndpoint {
             url: url.clone(),
-            api_token: api_token.clone(),
+            auth: auth.clone(),
         },
         OktaTarget::Simulated => {
             let mapping = mapping.get_or_insert_with(|| {
@@ -165,10 +172,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                  Never use this in production. See what the service did at {}/__sim/users",
                 sim.base_url()
             );
-            let endpoint = OktaEndpoint {
-                url: reqwest::Url::parse(&sim.base_url()).context("fake Okta URL")?,
-                api_token: Secret::new(sim.api_token()),
-            };
+            let endpoint = OktaEndpoint::with_api_token(
+                reqwest::Url::parse(&sim.base_url()).context("fake Okta URL")?,
+                Secret::new(sim.api_token()),
+            );
             _sim_guard = Some(sim);
             endpoint
         }
@@ -207,6 +214,22 @@ async fn run_sim(args: SimArgs) -> anyhow::Result<()> {
     };
     if let Some(token) = args.token {
         config.api_token = token;
+    }
+    config.access_token_lifetime = Duration::from_secs(args.access_token_lifetime_secs);
+    for client in &args.oauth_clients {
+        let Some((client_id, key_file)) = client.split_once('=') else {
+            anyhow::bail!("--oauth-client: expected CLIENT_ID=PUBLIC_KEY_FILE, got {client:?}");
+        };
+        let public_key_pem = std::fs::read_to_string(key_file)
+            .with_context(|| format!("--oauth-client: cannot read {key_file}"))?;
+        config.oauth_clients.push(okta_sim::SimOAuthClient {
+            client_id: client_id.to_owned(),
+            public_key_pem,
+            scopes: iam_provisioner::okta::auth::DEFAULT_SCOPES
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+        });
     }
     okta_sim::serve_until(config, shutdown_signal())
         .await

@@ -9,7 +9,8 @@
 use crate::amqp::headers;
 use crate::amqp::publisher::{DeliveredMessage, PublishError, Publisher};
 use crate::domain::event::{
-    parse_message, printable, HrEvent, RawMessage, ValidationContext, ValidationError,
+    parse_message_bounded, printable, HrEvent, RawMessage, ValidationContext, ValidationError,
+    DEFAULT_MAX_MESSAGE_BYTES,
 };
 use crate::domain::outcome::{ErrorKind, Failure, Outcome, OutcomeStatus};
 use crate::okta::OktaError;
@@ -60,15 +61,28 @@ impl Job {
         acker: Acker,
         register: impl FnOnce(Vec<String>) -> Turn,
     ) -> Self {
-        let parsed = parse_message(RawMessage {
-            routing_key: &message.routing_key,
-            content_type: message
-                .properties
-                .content_type()
-                .as_ref()
-                .map(|c| c.as_str()),
-            body: &message.body,
-        });
+        Self::parse_bounded(message, acker, DEFAULT_MAX_MESSAGE_BYTES, register)
+    }
+
+    /// As [`Job::parse`], refusing bodies over `max_body_bytes` (`MAX_MESSAGE_BYTES`).
+    pub fn parse_bounded(
+        message: DeliveredMessage,
+        acker: Acker,
+        max_body_bytes: usize,
+        register: impl FnOnce(Vec<String>) -> Turn,
+    ) -> Self {
+        let parsed = parse_message_bounded(
+            RawMessage {
+                routing_key: &message.routing_key,
+                content_type: message
+                    .properties
+                    .content_type()
+                    .as_ref()
+                    .map(|c| c.as_str()),
+                body: &message.body,
+            },
+            max_body_bytes,
+        );
         let keys = parsed
             .as_ref()
             .map(HrEvent::ordering_keys)

@@ -653,10 +653,10 @@ async fn a_conflicting_existing_queue_stops_start_up_and_is_left_alone() {
     let settings = settings_for(&names, &sim, &Options::default());
     let error = iam_provisioner::app::Application::build(
         settings,
-        iam_provisioner::app::OktaEndpoint {
-            url: reqwest::Url::parse(&sim.base_url()).expect("url"),
-            api_token: secret(&sim.api_token()),
-        },
+        iam_provisioner::app::OktaEndpoint::with_api_token(
+            reqwest::Url::parse(&sim.base_url()).expect("url"),
+            secret(&sim.api_token()),
+        ),
         mapping(&json!({})),
     )
     .await

@@ -241,15 +241,45 @@ pub struct ValidationContext {
     pub email: Option<String>,
 }
 
-/// Parses a message into an [`HrEvent`].
+/// The largest body accepted unless `MAX_MESSAGE_BYTES` says otherwise: an HR event is
+/// a few hundred bytes, and a bound keeps a hostile or broken publisher from making the
+/// service parse (and hold) megabytes per delivery.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 65_536;
+
+/// Most HR groups one event may name; far above any real employee's.
+const MAX_GROUPS: usize = 100;
+
+/// Parses a message into an [`HrEvent`], with bodies up to
+/// [`DEFAULT_MAX_MESSAGE_BYTES`].
 ///
 /// # Errors
-/// A [`ValidationError`] (with whatever could still be read, for the outcome) when the
-/// routing key is not an event type, the content type is not JSON, the body is not UTF-8
-/// JSON, or a required field is missing or malformed.
+/// As [`parse_message_bounded`].
 pub fn parse_message(
     message: RawMessage<'_>,
 ) -> Result<HrEvent, (ValidationError, ValidationContext)> {
+    parse_message_bounded(message, DEFAULT_MAX_MESSAGE_BYTES)
+}
+
+/// Parses a message into an [`HrEvent`]; a body over `max_body_bytes` is refused before
+/// any of it is read.
+///
+/// # Errors
+/// A [`ValidationError`] (with whatever could still be read, for the outcome) when the
+/// body is too large, the routing key is not an event type, the content type is not
+/// JSON, the body is not UTF-8 JSON, or a required field is missing or malformed.
+pub fn parse_message_bounded(
+    message: RawMessage<'_>,
+    max_body_bytes: usize,
+) -> Result<HrEvent, (ValidationError, ValidationContext)> {
+    if message.body.len() > max_body_bytes {
+        return Err((
+            ValidationError::new(format!(
+                "body is {} bytes, more than the {max_body_bytes} allowed (MAX_MESSAGE_BYTES)",
+                message.body.len()
+            )),
+            ValidationContext::default(),
+        ));
+    }
     let mut context = ValidationContext::default();
     let parsed = parse_inner(message, &mut context);
     parsed.map_err(|error| (error, context))
@@ -267,9 +297,10 @@ fn parse_inner(
             )));
         }
     }
+    // `from_utf8` refuses overlong encodings, surrogates and truncated sequences too.
     let text = std::str::from_utf8(message.body).map_err(|e| {
         ValidationError::new(format!(
-            "body is not UTF-8 (invalid byte at offset {})",
+            "body is not UTF-8 (invalid, overlong or truncated byte sequence at offset {})",
             e.valid_up_to()
         ))
     })?;
@@ -304,6 +335,11 @@ fn parse_inner(
 
     let event_id = required_str(root, "event_id", "event_id")?;
     reject_control_chars("event_id", event_id)?;
+    if event_id.chars().count() > 255 {
+        return Err(ValidationError::new(
+            "`event_id` is longer than 255 characters",
+        ));
+    }
     let event_id = EventId(event_id.to_owned());
     let occurred_at = required_timestamp(root, "occurred_at")?;
     let employee = match root.get("employee") {
@@ -360,6 +396,12 @@ fn parse_record(employee: &Map<String, Value>) -> Result<EmployeeRecord, Validat
     )?;
     let groups = match employee.get("groups") {
         None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) if items.len() > MAX_GROUPS => {
+            return Err(ValidationError::new(format!(
+                "`employee.groups` names {} groups, more than {MAX_GROUPS}",
+                items.len()
+            )))
+        }
         Some(Value::Array(items)) => {
             let mut groups: Vec<String> = Vec::with_capacity(items.len());
             for (index, item) in items.iter().enumerate() {
@@ -367,6 +409,11 @@ fn parse_record(employee: &Map<String, Value>) -> Result<EmployeeRecord, Validat
                     ValidationError::new(format!("`employee.groups[{index}]` must be a string"))
                 })?;
                 reject_control_chars("employee.groups", name)?;
+                if name.chars().count() > 255 {
+                    return Err(ValidationError::new(format!(
+                        "`employee.groups[{index}]` is longer than 255 characters"
+                    )));
+                }
                 if !groups.iter().any(|g| g == name) {
                     groups.push(name.to_owned());
                 }
@@ -488,26 +535,37 @@ fn required_timestamp(
     })
 }
 
+/// Refuses control characters (C0, DEL, C1: they forge log lines and break headers)
+/// and the invisible characters that make text display other than it reads: bidi
+/// embeddings, overrides and isolates, and the Unicode line and paragraph separators.
 fn reject_control_chars(field: &str, value: &str) -> Result<(), ValidationError> {
-    if value.chars().any(char::is_control) {
+    let is_deceptive = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{2028}' | '\u{2029}')
+    };
+    if let Some(c) = value.chars().find(|&c| is_deceptive(c)) {
         return Err(ValidationError::new(format!(
-            "`{field}` contains control characters"
+            "`{field}` contains control characters (U+{:04X})",
+            u32::from(c)
         )));
     }
     Ok(())
 }
 
-/// Makes a value from the message safe to put in an error message or a log line:
-/// control characters escaped, length bounded.
+/// Makes a value from the message safe to put in an error message, a log line or an
+/// AMQP short string: control characters (and quotes and backslashes) escaped, at most
+/// 120 characters of the input and 240 bytes of output.
 pub fn printable(value: &str) -> String {
-    const LIMIT: usize = 120;
-    let mut out: String = value
-        .chars()
-        .take(LIMIT)
-        .flat_map(char::escape_debug)
-        .collect();
-    if value.chars().count() > LIMIT {
-        out.push('…');
+    const LIMIT_CHARS: usize = 120;
+    const LIMIT_BYTES: usize = 240;
+    let mut out = String::new();
+    for (index, c) in value.chars().enumerate() {
+        let escaped: String = c.escape_debug().collect();
+        if index == LIMIT_CHARS || out.len() + escaped.len() > LIMIT_BYTES {
+            out.push('…');
+            return out;
+        }
+        out.push_str(&escaped);
     }
     out
 }
@@ -515,6 +573,7 @@ pub fn printable(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn raw<'a>(routing_key: &'a str, body: &'a str) -> RawMessage<'a> {
         RawMessage {
@@ -690,5 +749,77 @@ mod tests {
     fn printable_escapes_control_characters_and_bounds_length() {
         assert_eq!(printable("a\nb\u{1b}"), "a\\nb\\u{1b}");
         assert_eq!(printable(&"x".repeat(500)).chars().count(), 121);
+        assert_eq!(printable(&"x".repeat(120)), "x".repeat(120));
+        // Escaping multiplies the length; an AMQP short string holds 255 bytes.
+        let escaped = printable(&"\u{1}".repeat(255));
+        assert!(escaped.len() <= 243, "{}", escaped.len());
+        assert!(escaped.ends_with('…'));
+    }
+
+    #[test]
+    fn a_body_over_the_limit_is_refused_unread() {
+        let body = format!("{{\"pad\":\"{}\"}}", " ".repeat(2000));
+        let message = RawMessage {
+            routing_key: "employee.added",
+            content_type: None,
+            body: body.as_bytes(),
+        };
+        let Err((error, context)) = parse_message_bounded(message, 1024) else {
+            panic!("over the limit")
+        };
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "body is {} bytes, more than the 1024 allowed (MAX_MESSAGE_BYTES)",
+                body.len()
+            )
+        );
+        assert_eq!(context, ValidationContext::default());
+        // At the limit, the body is read (and here fails for what it is).
+        assert!(error_of(RawMessage {
+            body: &body.as_bytes()[..1024],
+            ..message
+        })
+        .contains("not valid JSON"));
+    }
+
+    #[test]
+    fn overlong_and_broken_utf8_is_refused_with_its_offset() {
+        // `/` as an overlong two-byte sequence, a lone surrogate, a truncated sequence.
+        for (body, offset) in [
+            (&b"{\"a\":\"\xc0\xaf\"}"[..], 6),
+            (&b"{\"a\":\"\xed\xa0\x80\"}"[..], 6),
+            (&b"{\"a\":\"\xe2\x82"[..], 6),
+        ] {
+            let message = RawMessage {
+                routing_key: "employee.added",
+                content_type: None,
+                body,
+            };
+            let error = error_of(message);
+            assert!(error.contains("not UTF-8"), "{error}");
+            assert!(error.contains(&format!("offset {offset}")), "{error}");
+        }
+    }
+
+    #[test]
+    fn hostile_field_values_are_refused_naming_the_field() {
+        let patch = |field: &str, value: Value| {
+            let mut body: Value = serde_json::from_str(HIRE).expect("json");
+            body["employee"][field] = value;
+            error_of(raw("employee.added", &body.to_string()))
+        };
+        assert!(patch("first_name", json!("Ada\u{202E}evil"))
+            .contains("`employee.first_name` contains control characters (U+202E)"));
+        assert!(patch("last_name", json!("x\u{2028}y")).contains("U+2028"));
+        assert!(patch("id", json!("E-1\u{0}"))
+            .contains("`employee.id` contains control characters (U+0000)"));
+        assert!(patch("email", json!("a\u{85}@example.com")).contains("U+0085"));
+        assert!(patch("last_name", json!("")).contains("`employee.last_name` must not be empty"));
+        assert!(patch("groups", json!(vec!["g"; 101])).contains("more than 100"));
+        assert!(patch("groups", json!(["x".repeat(256)])).contains("longer than 255"));
+        let mut body: Value = serde_json::from_str(HIRE).expect("json");
+        body["event_id"] = json!("e".repeat(256));
+        assert!(error_of(raw("employee.added", &body.to_string())).contains("`event_id` is longer"));
     }
 }

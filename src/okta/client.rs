@@ -1,17 +1,21 @@
 //! A small client for the Okta Management API operations this service needs.
 //!
-//! It owns the Okta-specific protocol details: `SSWS` authentication (the header is
-//! marked sensitive so no HTTP log shows it), `X-Okta-Request-Id`, error bodies,
+//! It owns the Okta-specific protocol details: authentication (asked of
+//! [`auth`](super::auth) per request; the header is marked sensitive so no HTTP log shows
+//! it, and an OAuth token Okta rejects is renewed once), `X-Okta-Request-Id`, error bodies,
 //! `Link`-header pagination, the rate-limit headers (a 429 waits until
 //! `X-Rate-Limit-Reset`, as Okta's SDKs do, and says so with `X-Okta-Retry-For` /
 //! `X-Okta-Retry-Count`), and a cap on requests in flight (Okta's concurrency limit).
 
+use super::auth::{self, Authorizer, OktaAuth};
 use super::error::{ApiError, OktaError};
 use super::pacing::{bucket_of, BucketReport, Pacer};
 use super::search;
 use crate::domain::plan::AccountStatus;
 use crate::secret::Secret;
-use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
+#[cfg(test)]
+use reqwest::header::HeaderValue;
+use reqwest::header::{HeaderMap, AUTHORIZATION};
 use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -97,7 +101,7 @@ pub struct OktaClient {
 struct Inner {
     http: reqwest::Client,
     base: Url,
-    authorization: HeaderValue,
+    auth: Authorizer,
     in_flight: Semaphore,
     pacer: Pacer,
     settings: OktaClientSettings,
@@ -140,20 +144,31 @@ impl OktaClient {
         api_token: &Secret,
         settings: OktaClientSettings,
     ) -> Result<Self, OktaSetupError> {
-        let mut authorization = HeaderValue::from_str(&format!("SSWS {}", api_token.expose()))
-            .map_err(|_| OktaSetupError::BadToken)?;
-        authorization.set_sensitive(true);
+        Self::with_auth(base, &OktaAuth::ApiToken(api_token.clone()), settings)
+    }
+
+    /// Builds a client for the org at `base` that authenticates as `auth` says.
+    ///
+    /// # Errors
+    /// [`OktaSetupError`] when an API token is not a valid header value or TLS cannot
+    /// start.
+    pub fn with_auth(
+        base: Url,
+        auth: &OktaAuth,
+        settings: OktaClientSettings,
+    ) -> Result<Self, OktaSetupError> {
         let http = reqwest::Client::builder()
             .timeout(settings.request_timeout)
             .connect_timeout(Duration::from_secs(5))
             .user_agent(concat!("iam-provisioner/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(OktaSetupError::Http)?;
+        let auth = Authorizer::new(&base, auth, http.clone())?;
         Ok(Self {
             inner: Arc::new(Inner {
                 http,
                 base,
-                authorization,
+                auth,
                 in_flight: Semaphore::new(settings.max_in_flight.max(1)),
                 pacer: Pacer::new(),
                 settings,
@@ -447,12 +462,14 @@ impl OktaClient {
     ) -> Result<Answer, OktaError> {
         let mut retry_for: Option<String> = None;
         let mut rate_limit_retries = 0u32;
+        let mut renewed_token = false;
         loop {
+            let authorization = self.inner.auth.authorization().await?;
             let mut request = self
                 .inner
                 .http
                 .request(method.clone(), url.clone())
-                .header(AUTHORIZATION, self.inner.authorization.clone())
+                .header(AUTHORIZATION, authorization.clone())
                 .header(reqwest::header::ACCEPT, "application/json");
             if let Some(body) = body {
                 request = request.json(body);
@@ -523,7 +540,18 @@ impl OktaClient {
                     request_id,
                 });
             }
-            return Err(api_error(operation, &answer, request_id));
+            let error = api_error(operation, &answer, request_id);
+            // An access token can die early (revoked, clock skew): renew it and try once
+            // more; a second rejection is reported.
+            if error.is(401, "E0000011")
+                && !renewed_token
+                && self.inner.auth.renew_after_rejection(&authorization).await
+            {
+                renewed_token = true;
+                tracing::debug!("Okta rejected the access token; renewing it and retrying once");
+                continue;
+            }
+            return Err(error);
         }
     }
 }
@@ -575,7 +603,7 @@ struct ErrorCause {
 
 fn api_error(operation: &'static str, answer: &Answer, request_id: Option<String>) -> OktaError {
     let parsed: Option<ErrorBody> = serde_json::from_slice(&answer.body).ok();
-    let (code, summary, causes) = match parsed {
+    let (code, summary, mut causes): (_, _, Vec<String>) = match parsed {
         Some(body) => (
             body.code,
             body.summary,
@@ -591,6 +619,13 @@ fn api_error(operation: &'static str, answer: &Answer, request_id: Option<String
             Vec::new(),
         ),
     };
+    if answer.status == StatusCode::FORBIDDEN {
+        if let Some(scope) = auth::insufficient_scope(&answer.headers) {
+            causes.push(format!(
+                "the access token lacks the scope {scope} that {operation} needs: grant it to the service app and list it in OKTA_SCOPES"
+            ));
+        }
+    }
     OktaError::Api(Box::new(ApiError {
         operation,
         status: answer.status.as_u16(),

@@ -17,6 +17,18 @@ pub struct ApiError {
     pub request_id: Option<String>,
 }
 
+/// Okta's refusal of an OAuth 2.0 access token request (an OAuth error body, not an
+/// Okta `errorCode`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenError {
+    pub status: u16,
+    /// The OAuth `error`, e.g. `invalid_client`, `invalid_scope`.
+    pub error: String,
+    /// Okta's `error_description`, made printable.
+    pub description: String,
+    pub request_id: Option<String>,
+}
+
 /// A failed Okta call.
 #[derive(Debug, thiserror::Error)]
 pub enum OktaError {
@@ -38,6 +50,12 @@ pub enum OktaError {
         retry_after: Duration,
         request_id: Option<String>,
     },
+    /// The token endpoint refused to give the service app an access token.
+    #[error("Okta refused the OAuth 2.0 access token request ({} {}): {}", .0.status, .0.error, if .0.description.is_empty() { "no description" } else { .0.description.as_str() })]
+    Token(Box<TokenError>),
+    /// The client assertion could not be signed (the key was accepted at start-up).
+    #[error("cannot sign the OAuth 2.0 client assertion: {reason}")]
+    Assertion { reason: String },
     /// Okta answered 2xx with a body this client cannot read.
     #[error("Okta's answer to {operation} could not be read: {message}")]
     Decode {
@@ -71,6 +89,10 @@ impl OktaError {
             OktaError::Api(api) if api.code.as_deref() == Some("E0000112") => ErrorKind::Transient,
             OktaError::Api(api) if is_transient_status(api.status) => ErrorKind::Transient,
             OktaError::Api(_) => ErrorKind::Okta,
+            // A 5xx from the token endpoint is Okta having trouble; a 4xx (bad key,
+            // replayed assertion, scope not granted) needs an administrator.
+            OktaError::Token(token) if is_transient_status(token.status) => ErrorKind::Transient,
+            OktaError::Token(_) | OktaError::Assertion { .. } => ErrorKind::Okta,
         }
     }
 
@@ -78,6 +100,7 @@ impl OktaError {
     pub fn error_code(&self) -> Option<&str> {
         match self {
             OktaError::Api(api) => api.code.as_deref(),
+            OktaError::Token(token) => Some(token.error.as_str()),
             OktaError::RateLimited { .. } => Some("E0000047"),
             _ => None,
         }
@@ -87,10 +110,11 @@ impl OktaError {
     pub fn request_id(&self) -> Option<&str> {
         match self {
             OktaError::Api(api) => api.request_id.as_deref(),
+            OktaError::Token(token) => token.request_id.as_deref(),
             OktaError::RateLimited { request_id, .. } | OktaError::Decode { request_id, .. } => {
                 request_id.as_deref()
             }
-            OktaError::Transport { .. } => None,
+            OktaError::Transport { .. } | OktaError::Assertion { .. } => None,
         }
     }
 
@@ -175,6 +199,28 @@ mod tests {
         assert!(duplicate.is_duplicate_login());
         assert!(!api(400, "E0000001", &["firstName: required"]).is_duplicate_login());
         assert!(!api(400, "E0000003", &["already exists"]).is_duplicate_login());
+    }
+
+    #[test]
+    fn token_refusals_are_permanent_unless_okta_is_failing() {
+        let token = |status: u16| {
+            OktaError::Token(Box::new(TokenError {
+                status,
+                error: "invalid_client".into(),
+                description: "The client_assertion signature is invalid.".into(),
+                request_id: Some("req-2".into()),
+            }))
+        };
+        let failure = token(401).to_failure();
+        assert_eq!(failure.kind, ErrorKind::Okta);
+        assert_eq!(failure.okta_error_code.as_deref(), Some("invalid_client"));
+        assert_eq!(failure.okta_request_id.as_deref(), Some("req-2"));
+        assert!(
+            failure.message.contains("signature is invalid"),
+            "{}",
+            failure.message
+        );
+        assert_eq!(token(503).kind(), ErrorKind::Transient);
     }
 
     #[test]

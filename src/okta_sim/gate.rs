@@ -1,6 +1,7 @@
 //! What happens to every request before a route sees it, in this order: the
 //! concurrency limit, latency, the per-bucket rate limit, a simulated outage,
-//! authentication, then injected faults. Also stamps the headers every Okta answer
+//! authentication (API token, or an access token and the operation's scope), then
+//! injected faults. Also stamps the headers every Okta answer
 //! carries (`X-Okta-Request-Id`, `Date`, `X-Rate-Limit-*`) and writes the request log.
 
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use time::OffsetDateTime;
 
 use super::state::{random_token, ApiError};
-use super::{routes, Bucket, Credential, FaultKind, RequestRecord, Shared, Store};
+use super::{oauth, routes, Bucket, Credential, FaultKind, RequestRecord, Shared, Store};
 
 /// Limit reported when no rate limit is configured: large enough that no client
 /// throttles itself, while the headers stay present as they are on every Okta answer.
@@ -34,6 +35,8 @@ struct RateHeaders {
 enum Verdict {
     Pass,
     Refuse(ApiError),
+    /// 403 for an access token without this scope.
+    MissingScope(&'static str),
     HangThenPass(Duration),
     CloseConnection,
 }
@@ -127,6 +130,7 @@ async fn api_gate(shared: &Arc<Shared>, request: Request, next: Next) -> Respons
                     next.run(request).await
                 }
                 Verdict::Refuse(error) => error.into_response(),
+                Verdict::MissingScope(scope) => oauth::insufficient_scope_response(scope, &path),
                 Verdict::CloseConnection => broken_response(),
             };
             with_rate_headers(response, &rate)
@@ -150,8 +154,8 @@ fn check(
         Verdict::Refuse(ApiError::rate_limited())
     } else if let Some(status) = store.outage {
         Verdict::Refuse(ApiError::simulated(status, ""))
-    } else if !authorize(&shared.credential, headers) {
-        Verdict::Refuse(ApiError::new(401, "E0000011", "Invalid token provided"))
+    } else if let Some(verdict) = authorize(shared, &store, method, path, headers) {
+        verdict
     } else {
         match take_fault(&mut store, method, path) {
             None => Verdict::Pass,
@@ -165,15 +169,43 @@ fn check(
     (verdict, rate)
 }
 
-/// Whether the request carries the configured credential. This is where an OAuth
-/// `Bearer` mode would check its access tokens.
-fn authorize(credential: &Credential, headers: &HeaderMap) -> bool {
+/// Who the caller is, from `Authorization`; `None` for an unknown or expired token.
+fn credential(shared: &Shared, store: &Store, headers: &HeaderMap) -> Option<Credential> {
     let presented = headers
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    match credential {
-        Credential::ApiToken(token) => {
-            presented.and_then(|v| v.strip_prefix("SSWS ")) == Some(token.as_str())
+        .and_then(|v| v.to_str().ok())?;
+    if let Some(token) = presented.strip_prefix("SSWS ") {
+        return (token == shared.api_token).then_some(Credential::ApiToken);
+    }
+    let token = presented.strip_prefix("Bearer ")?;
+    store
+        .oauth
+        .scopes_of(token)
+        .map(|scopes| Credential::AccessToken {
+            scopes: scopes.to_vec(),
+        })
+}
+
+/// Refuses a caller without a valid credential (401 `E0000011`), or whose access token
+/// lacks the operation's scope (403 `E0000006`); `None` lets the request through.
+fn authorize(
+    shared: &Shared,
+    store: &Store,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+) -> Option<Verdict> {
+    match credential(shared, store, headers) {
+        None => Some(Verdict::Refuse(ApiError::new(
+            401,
+            "E0000011",
+            "Invalid token provided",
+        ))),
+        Some(Credential::ApiToken) => None,
+        Some(Credential::AccessToken { scopes }) => {
+            let (named, accepted) = oauth::required_scope(routes::operation_id(method, path))?;
+            let allowed = scopes.iter().any(|s| accepted.contains(&s.as_str()));
+            (!allowed).then_some(Verdict::MissingScope(named))
         }
     }
 }

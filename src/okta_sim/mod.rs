@@ -13,11 +13,14 @@
 //!
 //! Layout: `state` holds the directory and Okta's rules, `search` the `search=`
 //! language, `gate` what happens to every request before a route sees it (auth, rate
-//! limits, faults, latency, request log), `routes` the Okta endpoints, `admin` the
-//! `/__sim/` endpoints.
+//! limits, faults, latency, request log), `routes` the Okta endpoints, `oauth` the
+//! token endpoint and scopes of OAuth 2.0 service apps, `admin` the `/__sim/` endpoints.
 
 mod admin;
 mod gate;
+mod oauth;
+#[cfg(test)]
+mod oauth_tests;
 mod routes;
 mod search;
 mod state;
@@ -38,6 +41,8 @@ use tokio_util::sync::CancellationToken;
 
 use state::Directory;
 
+pub use oauth::{test_key_pair, KeyKind, SimOAuthClient, TestKeyPair, TokenRecord};
+
 /// How to start the fake.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
@@ -53,6 +58,10 @@ pub struct SimConfig {
     pub concurrency_limit: Option<usize>,
     /// Names of `OKTA_GROUP` groups to create at start.
     pub groups: Vec<String>,
+    /// OAuth 2.0 service apps that may get access tokens (the API token works too).
+    pub oauth_clients: Vec<SimOAuthClient>,
+    /// How long an issued access token lives (Okta: one hour); short in tests.
+    pub access_token_lifetime: Duration,
 }
 
 impl Default for SimConfig {
@@ -64,6 +73,8 @@ impl Default for SimConfig {
             rate_limit: None,
             concurrency_limit: None,
             groups: Vec::new(),
+            oauth_clients: Vec::new(),
+            access_token_lifetime: Duration::from_secs(3600),
         }
     }
 }
@@ -196,21 +207,23 @@ struct Store {
     faults: Vec<Fault>,
     log: VecDeque<RequestRecord>,
     rate_limited: u64,
+    oauth: oauth::OAuthState,
 }
 
-/// How `/api/` callers prove who they are. Only API tokens exist today; an OAuth
-/// service-app mode (`Authorization: Bearer`, tokens minted by `/oauth2/v1/token`) is
-/// meant to become a second variant checked in `gate::authorize`.
+/// What an `/api/` caller proved to be, in `gate::authorize`: the holder of the API
+/// token (every right), or of an access token with some scopes.
 #[derive(Debug, Clone)]
 enum Credential {
-    ApiToken(String),
+    ApiToken,
+    AccessToken { scopes: Vec<String> },
 }
 
 /// State shared by the server and every [`OktaSim`] handle.
 #[derive(Debug)]
 struct Shared {
     store: Mutex<Store>,
-    credential: Credential,
+    /// The token accepted as `Authorization: SSWS <token>`.
+    api_token: String,
     /// The id of the org's default user type, shown as `type.id` on every user.
     user_type_id: String,
 }
@@ -248,7 +261,7 @@ impl OktaSim {
     /// Binds `config.listen` and serves on a tokio task.
     ///
     /// # Errors
-    /// When the address cannot be bound.
+    /// When the address cannot be bound, or a service app's public key is unusable.
     pub async fn start(config: SimConfig) -> std::io::Result<OktaSim> {
         let listener = tokio::net::TcpListener::bind(config.listen).await?;
         let local = listener.local_addr()?;
@@ -263,6 +276,13 @@ impl OktaSim {
             concurrency_limit: config.concurrency_limit,
             ..Store::default()
         };
+        store.oauth.lifetime = config.access_token_lifetime;
+        for client in &config.oauth_clients {
+            store
+                .oauth
+                .register(client)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        }
         for name in &config.groups {
             store
                 .directory
@@ -270,7 +290,7 @@ impl OktaSim {
         }
         let shared = Arc::new(Shared {
             store: Mutex::new(store),
-            credential: Credential::ApiToken(config.api_token),
+            api_token: config.api_token,
             user_type_id: format!("oty{}", state::random_token(17)),
         });
         let stop = CancellationToken::new();
@@ -299,9 +319,41 @@ impl OktaSim {
 
     /// The token to send as `Authorization: SSWS <token>`.
     pub fn api_token(&self) -> String {
-        match &self.shared.credential {
-            Credential::ApiToken(token) => token.clone(),
-        }
+        self.shared.api_token.clone()
+    }
+
+    /// Registers (or replaces) an OAuth 2.0 service app.
+    ///
+    /// # Errors
+    /// When its public key is not an RSA or P-256 EC public key in PEM.
+    pub fn register_oauth_client(&self, client: &SimOAuthClient) -> Result<(), String> {
+        self.shared.store().oauth.register(client)
+    }
+
+    /// How long access tokens issued from now on live.
+    pub fn set_access_token_lifetime(&self, lifetime: Duration) {
+        self.shared.store().oauth.lifetime = lifetime;
+    }
+
+    /// Ends the life of every access token issued so far (their holders get 401
+    /// `E0000011`), as if their hour had passed without the client noticing.
+    pub fn expire_access_tokens(&self) {
+        self.shared.store().oauth.expire_all();
+    }
+
+    /// Every access token issued so far, oldest first.
+    pub fn issued_access_tokens(&self) -> Vec<String> {
+        self.shared.store().oauth.issued.clone()
+    }
+
+    /// Every client assertion received at the token endpoint, oldest first.
+    pub fn received_client_assertions(&self) -> Vec<String> {
+        self.shared.store().oauth.assertions.clone()
+    }
+
+    /// Every token request and its answer, oldest first.
+    pub fn token_requests(&self) -> Vec<TokenRecord> {
+        self.shared.store().oauth.log.clone()
     }
 
     /// Creates a group (any type, duplicate names allowed) and returns its id.

@@ -16,7 +16,7 @@ use serde_json::{json, Map, Value};
 
 use super::search::{self, Op};
 use super::state::{group_json, random_token, user_json, ApiError, NewUser};
-use super::{admin, gate, GroupType, Shared, UserStatus};
+use super::{admin, gate, oauth, GroupType, Shared, UserStatus};
 
 type ApiResult = Result<Response, ApiError>;
 
@@ -55,6 +55,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
             "/api/v1/groups/{id}/users/{user_id}",
             put(assign).delete(unassign),
         )
+        .route("/oauth2/v1/token", post(oauth::token))
         .merge(admin::routes())
         .fallback(|method: Method, uri: axum::http::Uri| async move {
             ApiError::not_found(&format!("{method} {}", uri.path()), "Route")

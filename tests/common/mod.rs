@@ -168,11 +168,11 @@ impl World {
             sim.create_group(group, iam_provisioner::okta_sim::GroupType::OktaGroup);
         }
         let settings = settings_for(&names, &sim, &options);
-        let OktaTarget::Org { url, api_token } = settings.okta.clone() else {
+        let OktaTarget::Org { url, auth } = settings.okta.clone() else {
             panic!("tests use a real-mode configuration")
         };
         let mapping = settings.mapping.clone().unwrap_or_default();
-        let app = Application::build(settings, OktaEndpoint { url, api_token }, mapping)
+        let app = Application::build(settings, OktaEndpoint { url, auth }, mapping)
             .await
             .expect("service builds");
         let http = app.http_address();
