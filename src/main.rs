@@ -73,10 +73,13 @@ struct SimArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(message) = iam_provisioner::telemetry::init() {
-        eprintln!("error: {message}");
-        return ExitCode::from(2);
-    }
+    let telemetry = match iam_provisioner::telemetry::init() {
+        Ok(guard) => guard,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -90,6 +93,8 @@ fn main() -> ExitCode {
             Command::OktaSim(args) => run_sim(args).await,
         }
     });
+    // The last spans (the shutdown itself) reach the collector before the process ends.
+    telemetry.shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
