@@ -324,8 +324,11 @@ impl Metrics {
             .okta_request_duration
             .get_or_create(&labels)
             .observe(elapsed.as_secs_f64());
+        // The series exists (at zero) from the operation's first request, so that
+        // `rate()` over it works before the first 429.
+        let rate_limited = self.families.okta_rate_limited.get_or_create(&labels);
         if status == Some(429) {
-            self.families.okta_rate_limited.get_or_create(&labels).inc();
+            rate_limited.inc();
         }
     }
 
