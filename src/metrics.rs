@@ -420,39 +420,39 @@ impl Collector for ScrapedState {
         encode_counter(
             &mut encoder,
             "iam_provisioner_group_cache_hits",
-            "Mapped Okta group lookups answered from the cache",
+            "Mapped Okta group lookups answered from the cache.",
             cache.hits,
         )?;
         encode_counter(
             &mut encoder,
             "iam_provisioner_group_cache_misses",
-            "Mapped Okta group lookups that had to ask Okta (first use or expired entry)",
+            "Mapped Okta group lookups that had to ask Okta (first use or expired entry).",
             cache.misses,
         )?;
         encode_counter(
             &mut encoder,
             "iam_provisioner_group_cache_refreshes",
-            "Cached group entries looked up again because their TTL had expired",
+            "Cached group entries looked up again because their TTL had expired.",
             cache.refreshes,
         )?;
         if let Some(remaining) = self.provisioner.okta().last_rate_limit_remaining() {
             encode_gauge(
                 &mut encoder,
                 "iam_provisioner_okta_rate_limit_remaining",
-                "The X-Rate-Limit-Remaining Okta sent with its last answer",
+                "The X-Rate-Limit-Remaining Okta sent with its last answer.",
                 remaining,
             )?;
         }
         encode_gauge(
             &mut encoder,
             "iam_provisioner_consumer_paused",
-            "1 while consumption is paused because Okta is failing, else 0",
+            "1 while consumption is paused because Okta is failing, else 0.",
             i64::from(self.health.is_okta_paused()),
         )?;
         encode_gauge(
             &mut encoder,
             "iam_provisioner_broker_connected",
-            "1 while the service holds a broker connection, else 0",
+            "1 while the service holds a broker connection, else 0.",
             i64::from(self.health.is_broker_connected()),
         )?;
         Ok(())

@@ -156,8 +156,10 @@ fn assert_labels_are_bounded(exposition: &Exposition, per_employee: &[&str]) {
 
 #[tokio::test]
 async fn metrics_parse_and_count_exactly_the_events_processed_with_bounded_labels() {
-    let mut options = Options::default();
-    options.mapping = json!({"Sales": "Sales-App-Access", "Ghosts": "Ghost-Group"});
+    let options = Options {
+        mapping: json!({"Sales": "Sales-App-Access", "Ghosts": "Ghost-Group"}),
+        ..Options::default()
+    };
     let mut world = World::start_with("metrics", options).await;
     let before = scrape(&world).await;
     let consumed = |e: &Exposition, event_type| {
@@ -426,9 +428,10 @@ fn yaml_documents(path: &Path) -> Vec<Value> {
 use serde::Deserialize;
 
 #[test]
-fn every_yaml_and_json_file_under_deploy_parses() {
+fn every_yaml_and_json_file_under_deploy_and_the_compose_file_parse() {
     let mut checked = 0;
-    for path in files_under(&deploy_dir()) {
+    let compose = Path::new(env!("CARGO_MANIFEST_DIR")).join("docker-compose.yml");
+    for path in files_under(&deploy_dir()).into_iter().chain([compose]) {
         match path.extension().and_then(|e| e.to_str()) {
             Some("json") => {
                 let text = std::fs::read_to_string(&path).expect("readable");

@@ -286,13 +286,16 @@ pub fn parse(text: &str) -> Result<Exposition, String> {
     Ok(exposition)
 }
 
+/// A series' labels but `le`.
+type LabelKey = Vec<(String, String)>;
+
 /// Buckets ascend in `le`, counts never fall, the last bucket is `+Inf` and equals
 /// `_count`, for every label set of the family.
 fn check_histogram(family: &MetricFamily) -> Result<(), String> {
-    let mut series: BTreeMap<Vec<(String, String)>, Vec<(f64, f64)>> = BTreeMap::new();
-    let mut counts: BTreeMap<Vec<(String, String)>, f64> = BTreeMap::new();
+    let mut series: BTreeMap<LabelKey, Vec<(f64, f64)>> = BTreeMap::new();
+    let mut counts: BTreeMap<LabelKey, f64> = BTreeMap::new();
     for sample in &family.samples {
-        let key: Vec<(String, String)> = sample
+        let key: LabelKey = sample
             .labels
             .iter()
             .filter(|(k, _)| *k != "le")
