@@ -745,3 +745,53 @@ async fn the_rabbitmq_definitions_are_what_the_service_declares() {
         .expect("the service's declarations agree with the pre-provisioned objects");
     let _ = conn.close(200, "done".into()).await;
 }
+
+/// Polls `/metrics` until `name` (no labels) has `value`.
+async fn wait_for_gauge(world: &World, name: &str, value: f64) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let now = scrape(world).await.value(name, &[]);
+        if now == Some(value) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} never became {value}; last {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_consumer_paused_gauge_follows_an_okta_outage() {
+    let options = Options {
+        env: vec![
+            ("MAX_ATTEMPTS", "3".into()),
+            ("OKTA_OUTAGE_THRESHOLD", "2".into()),
+        ],
+        ..Options::default()
+    };
+    let mut world = World::start_with("paused-gauge", options).await;
+    wait_for_gauge(&world, "iam_provisioner_consumer_paused", 0.0).await;
+    world.sim.set_outage(Some(503));
+    let ids: Vec<String> = (0..2).map(|n| event_id(&format!("outage-{n}"))).collect();
+    for (n, id) in ids.iter().enumerate() {
+        world
+            .publish(
+                "employee.added",
+                &hire(
+                    id,
+                    &format!("E-86{n}"),
+                    &format!("paused{n}@example.com"),
+                    &[],
+                ),
+            )
+            .await;
+    }
+    wait_for_gauge(&world, "iam_provisioner_consumer_paused", 1.0).await;
+    world.sim.set_outage(None);
+    wait_for_gauge(&world, "iam_provisioner_consumer_paused", 0.0).await;
+    for id in &ids {
+        assert_eq!(world.final_outcome(id).await["status"], "succeeded");
+    }
+}

@@ -17,7 +17,6 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use serde_json::Value;
-use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use support::otlp::{Collector, ReceivedSpan, KIND_CLIENT, KIND_CONSUMER, KIND_PRODUCER};
@@ -332,25 +331,14 @@ async fn the_binary_exports_spans_when_the_endpoint_is_set_and_flushes_them_on_s
     sim.create_group("Sales-App-Access", GroupType::OktaGroup);
     let (_conn, channel, mut outcomes) = observe(&names).await;
 
-    let mut child: Child = Command::new(env!("CARGO_BIN_EXE_iam-provisioner"))
-        .arg("run")
-        .env_clear()
-        .env("AMQP_URL", AMQP_URL)
-        .env("OKTA_ORG_URL", sim.base_url())
-        .env("OKTA_API_TOKEN", sim.api_token())
-        .env("GROUP_MAPPING", r#"{"Sales": "Sales-App-Access"}"#)
-        .env("INPUT_EXCHANGE", &names.input_exchange)
-        .env("WORK_QUEUE", &names.work_queue)
-        .env("RESULTS_EXCHANGE", &names.results_exchange)
-        .env("DEAD_LETTER_EXCHANGE", &names.dead_letter_exchange)
-        .env("DEAD_LETTER_QUEUE", &names.dead_letter_queue)
-        .env("HTTP_LISTEN", "127.0.0.1:0")
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &collector.endpoint)
-        .env("OTEL_BSP_SCHEDULE_DELAY", "600000")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("service starts");
+    let mut service = common::process::ServiceProcess::spawn(
+        &names,
+        &sim,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint.as_str()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "600000"),
+        ],
+    );
 
     let (traceparent, trace, _) = upstream_traceparent();
     let id = event_id("process-traced");
@@ -376,19 +364,8 @@ async fn the_binary_exports_spans_when_the_endpoint_is_set_and_flushes_them_on_s
         }
     }
 
-    let term = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(term.success());
-    let deadline = Instant::now() + PATIENCE;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "the service did not exit");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    service.terminate();
+    let status = service.wait_exit().await;
     assert!(status.success(), "{status:?}");
 
     let spans = collector
