@@ -1,5 +1,5 @@
-//! Logging and tracing set-up: `RUST_LOG` filters (default `info`), `LOG_FORMAT` picks
-//! `json` or `text` (text by default). Logs go to standard error, leaving standard
+//! Logging and tracing set-up: `RUST_LOG` filters the logs (default `info`),
+//! `LOG_FORMAT` picks `json` or `text` (text by default). Logs go to standard error, leaving standard
 //! output to commands that print results. When the environment asks for it (see
 //! [`crate::otel`]), spans are also exported with OpenTelemetry; the returned guard
 //! flushes them on shutdown.
@@ -75,9 +75,10 @@ pub fn init() -> Result<TelemetryGuard, String> {
     };
     let provider = crate::otel::tracer_provider_from_env().map_err(|e| e.to_string())?;
     let traces = provider.as_ref().map(crate::otel::layer);
+    // RUST_LOG filters the logs only: spans are exported whatever the log level (the
+    // OpenTelemetry layer has its own filter), so quieter logs never break a trace.
     tracing_subscriber::registry()
-        .with(filter)
-        .with(logs)
+        .with(logs.with_filter(filter))
         .with(traces)
         .try_init()
         .map_err(|e| format!("cannot install the logger: {e}"))?;
