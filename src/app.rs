@@ -11,6 +11,7 @@ use crate::amqp::topology::{self, TopologyError, TopologyNames};
 use crate::config::Settings;
 use crate::domain::mapping::GroupMapping;
 use crate::health::{self, Health};
+use crate::metrics::{self, Metrics, MetricsRegistry};
 use crate::okta::groups::GroupDirectory;
 use crate::okta::{OktaAuth, OktaClient};
 use crate::outage::OktaCircuit;
@@ -78,6 +79,7 @@ pub struct Application {
     first_connection: Option<Connection>,
     http_listener: Option<TcpListener>,
     http_address: SocketAddr,
+    metrics_registry: Arc<MetricsRegistry>,
 }
 
 impl Application {
@@ -91,8 +93,13 @@ impl Application {
         okta: OktaEndpoint,
         mapping: GroupMapping,
     ) -> Result<Self, StartupError> {
-        let client =
-            OktaClient::with_auth(okta.url.clone(), &okta.auth, settings.okta_client.clone())?;
+        let metrics = Metrics::new();
+        let client = OktaClient::with_auth_and_metrics(
+            okta.url.clone(),
+            &okta.auth,
+            settings.okta_client.clone(),
+            metrics.clone(),
+        )?;
         let groups = GroupDirectory::new(client.clone(), settings.group_cache_ttl);
         let provisioner = Arc::new(Provisioner::new(
             client,
@@ -125,11 +132,17 @@ impl Application {
 
         let health = Health::default();
         health.set_broker_connected(true);
+        let metrics_registry = Arc::new(MetricsRegistry::new(
+            &metrics,
+            Arc::clone(&provisioner),
+            health.clone(),
+        ));
         Ok(Self {
             worker: Arc::new(Worker {
                 provisioner,
                 retry: settings.retry,
                 circuit: OktaCircuit::new(settings.okta_outage_threshold),
+                metrics,
             }),
             settings,
             health,
@@ -137,6 +150,7 @@ impl Application {
             first_connection: Some(connection),
             http_listener: Some(http_listener),
             http_address,
+            metrics_registry,
         })
     }
 
@@ -150,10 +164,10 @@ impl Application {
     pub async fn run_until(mut self, shutdown: impl Future<Output = ()> + Send) {
         let stop = CancellationToken::new();
         let health = self.health.clone();
-        let http = self
-            .http_listener
-            .take()
-            .map(|listener| tokio::spawn(serve_http(listener, health.clone(), stop.clone())));
+        let registry = Arc::clone(&self.metrics_registry);
+        let http = self.http_listener.take().map(|listener| {
+            tokio::spawn(serve_http(listener, health.clone(), registry, stop.clone()))
+        });
         let prober = tokio::spawn(probe_okta_while_down(
             self.worker.circuit.clone(),
             self.worker.provisioner.okta().clone(),
@@ -244,7 +258,8 @@ impl Application {
                 &names.results_exchange,
                 &names.dead_letter_exchange,
             )
-            .await?;
+            .await?
+            .with_metrics(self.worker.metrics.clone());
             let consumer = channel
                 .basic_consume(
                     names.work_queue.as_str().into(),
@@ -418,8 +433,13 @@ fn patient_backoff() -> impl Iterator<Item = Duration> {
         .build()
 }
 
-async fn serve_http(listener: TcpListener, health: Health, stop: CancellationToken) {
-    let app = health::router(health);
+async fn serve_http(
+    listener: TcpListener,
+    health: Health,
+    registry: Arc<MetricsRegistry>,
+    stop: CancellationToken,
+) {
+    let app = health::router(health).merge(metrics::router(registry));
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await;

@@ -50,6 +50,14 @@ impl Health {
     pub fn set_shutting_down(&self) {
         self.inner.shutting_down.store(true, Ordering::Relaxed);
     }
+    /// Whether a broker connection is held now.
+    pub fn is_broker_connected(&self) -> bool {
+        self.inner.broker_connected.load(Ordering::Relaxed)
+    }
+    /// Whether consumption is paused because Okta is failing.
+    pub fn is_okta_paused(&self) -> bool {
+        self.inner.okta_paused.load(Ordering::Relaxed)
+    }
     /// Records that a loop turned.
     pub fn tick(&self) {
         self.inner.last_tick_ms.store(now_ms(), Ordering::Relaxed);

@@ -95,10 +95,13 @@ fn main() -> ExitCode {
         }
         _ => iam_provisioner::telemetry::init(),
     };
-    if let Err(message) = logging {
-        eprintln!("error: {message}");
-        return ExitCode::from(2);
-    }
+    let telemetry = match logging {
+        Ok(guard) => guard,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -114,6 +117,8 @@ fn main() -> ExitCode {
             Command::Replay(args) => Ok(dlq::replay(args).await?),
         }
     });
+    // The last spans (the shutdown itself) reach the collector before the process ends.
+    telemetry.shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

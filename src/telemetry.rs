@@ -1,14 +1,56 @@
-//! Logging set-up: `RUST_LOG` filters (default `info`), `LOG_FORMAT` picks `json` or
-//! `text` (text by default). Logs go to standard error, leaving standard output to
-//! commands that print results.
+//! Logging and tracing set-up: `RUST_LOG` filters the logs (default `info`),
+//! `LOG_FORMAT` picks `json` or `text` (text by default). Logs go to standard error, leaving standard
+//! output to commands that print results. When the environment asks for it (see
+//! [`crate::otel`]), spans are also exported with OpenTelemetry; the returned guard
+//! flushes them on shutdown.
 
-use tracing_subscriber::EnvFilter;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use std::time::Duration;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+/// How long shutdown waits for the last spans to reach the collector.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Keeps trace export running; [`TelemetryGuard::shutdown`] (or dropping it) flushes
+/// what is still buffered.
+#[must_use = "dropping the guard stops trace export"]
+pub struct TelemetryGuard {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl TelemetryGuard {
+    /// Whether spans are exported.
+    pub fn exporting(&self) -> bool {
+        self.provider.is_some()
+    }
+
+    /// Flushes buffered spans (within a bound) and stops the exporter.
+    pub fn shutdown(mut self) {
+        self.flush_and_stop();
+    }
+
+    fn flush_and_stop(&mut self) {
+        if let Some(provider) = self.provider.take() {
+            if let Err(e) = provider.shutdown_with_timeout(FLUSH_TIMEOUT) {
+                tracing::warn!(error = %e, "could not flush the last spans to the collector");
+            }
+        }
+    }
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        self.flush_and_stop();
+    }
+}
 
 /// Installs the global subscriber; call once, at start-up.
 ///
 /// # Errors
-/// A message naming `LOG_FORMAT` or `RUST_LOG` when either is invalid.
-pub fn init() -> Result<(), String> {
+/// A message naming `LOG_FORMAT`, `RUST_LOG` or the `OTEL_*` variable that is invalid.
+pub fn init() -> Result<TelemetryGuard, String> {
     init_with_default_filter("info")
 }
 
@@ -16,8 +58,8 @@ pub fn init() -> Result<(), String> {
 /// their result (the dead-letter commands) keep library chatter off standard error.
 ///
 /// # Errors
-/// A message naming `LOG_FORMAT` or `RUST_LOG` when either is invalid.
-pub fn init_with_default_filter(default_filter: &str) -> Result<(), String> {
+/// As [`init`].
+pub fn init_with_default_filter(default_filter: &str) -> Result<TelemetryGuard, String> {
     let filter = match std::env::var("RUST_LOG") {
         Ok(value) if !value.trim().is_empty() => {
             EnvFilter::try_new(&value).map_err(|e| format!("RUST_LOG: {e}"))?
@@ -25,19 +67,34 @@ pub fn init_with_default_filter(default_filter: &str) -> Result<(), String> {
         _ => EnvFilter::new(default_filter),
     };
     let format = std::env::var("LOG_FORMAT").unwrap_or_default();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let installed = match format.trim().to_ascii_lowercase().as_str() {
-        "json" => builder.json().with_current_span(true).try_init(),
-        "" | "text" => builder.try_init(),
+    let logs = match format.trim().to_ascii_lowercase().as_str() {
+        "json" => tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(true)
+            .with_writer(std::io::stderr)
+            .boxed(),
+        "" | "text" => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .boxed(),
         other => {
             return Err(format!(
                 "LOG_FORMAT: unknown format {other:?} (use json or text)"
             ))
         }
     };
-    installed.map_err(|e| format!("cannot install the logger: {e}"))
+    let provider = crate::otel::tracer_provider_from_env().map_err(|e| e.to_string())?;
+    let traces = provider.as_ref().map(crate::otel::layer);
+    // RUST_LOG filters the logs only: spans are exported whatever the log level (the
+    // OpenTelemetry layer has its own filter), so quieter logs never break a trace.
+    tracing_subscriber::registry()
+        .with(logs.with_filter(filter))
+        .with(traces)
+        .try_init()
+        .map_err(|e| format!("cannot install the logger: {e}"))?;
+    if provider.is_some() {
+        tracing::info!("exporting spans with OTLP (OTEL_EXPORTER_OTLP_ENDPOINT is set)");
+    }
+    Ok(TelemetryGuard { provider })
 }
 
 /// An error and its causes, `outer: inner: innermost`, for a log field: error types keep

@@ -6,13 +6,14 @@
 //! abandoned (shutdown, lost connection) is simply not acknowledged: the broker
 //! redelivers it, and provisioning converges when it runs again.
 
-use crate::amqp::headers;
 use crate::amqp::publisher::{DeliveredMessage, PublishError, Publisher};
+use crate::amqp::{headers, trace};
 use crate::domain::event::{
     parse_message_bounded, printable, HrEvent, RawMessage, ValidationContext, ValidationError,
     DEFAULT_MAX_MESSAGE_BYTES,
 };
 use crate::domain::outcome::{ErrorKind, Failure, Outcome, OutcomeStatus};
+use crate::metrics::Metrics;
 use crate::okta::OktaError;
 use crate::outage::OktaCircuit;
 use crate::provisioner::{DeliveryFacts, ProvisionError, Provisioner, Report};
@@ -25,6 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// What every delivery task shares.
 pub struct Worker {
@@ -32,6 +34,7 @@ pub struct Worker {
     pub retry: RetryPolicy,
     /// Open while Okta is down: failing events wait for it instead of spending attempts.
     pub circuit: OktaCircuit,
+    pub metrics: Metrics,
 }
 
 /// What to do after a failed attempt.
@@ -95,6 +98,21 @@ impl Job {
             turn,
         }
     }
+
+    /// The event id, as far as the message tells it.
+    fn event_id(&self) -> Option<&str> {
+        match &self.parsed {
+            Ok(event) => Some(event.event_id.as_str()),
+            Err((_, context)) => context.event_id.as_deref(),
+        }
+        .or_else(|| {
+            self.message
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|m| m.as_str())
+        })
+    }
 }
 
 /// Why a delivery was left unacknowledged.
@@ -106,7 +124,15 @@ enum Abandoned {
 impl Worker {
     /// Processes one delivery to its end. `hand_back` stops any waiting (for a turn, a
     /// backoff, a rate-limit window): the delivery is then left for redelivery.
-    pub async fn run(&self, mut job: Job, publisher: &Publisher, hand_back: &CancellationToken) {
+    pub async fn run(&self, job: Job, publisher: &Publisher, hand_back: &CancellationToken) {
+        let span = trace::consumer_span(&job.message, job.event_id());
+        self.process(job, publisher, hand_back)
+            .instrument(span)
+            .await
+    }
+
+    async fn process(&self, mut job: Job, publisher: &Publisher, hand_back: &CancellationToken) {
+        let timer = self.metrics.delivery_received(&job.message.routing_key);
         let event_type = printable(&job.message.routing_key);
         let result = match job.parsed {
             Err((ref error, ref context)) => {
@@ -124,6 +150,7 @@ impl Worker {
         };
         match result {
             Ok(()) => {
+                timer.completed();
                 if let Err(e) = job.acker.ack(BasicAckOptions::default()).await {
                     // The broker will redeliver; processing again converges.
                     tracing::warn!(event_type, error = %e, "acknowledgement failed; the message will be redelivered");
@@ -186,6 +213,10 @@ impl Worker {
             .publish_outcome(&outcome, trace_of(message))
             .await
             .map_err(Abandoned::Publish)
+            .inspect(|()| {
+                self.metrics
+                    .event_failed(&message.routing_key, ErrorKind::Validation)
+            })
     }
 
     async fn provision_with_retries(
@@ -221,7 +252,8 @@ impl Worker {
                     return publisher
                         .publish_outcome(&outcome, trace_of(message))
                         .await
-                        .map_err(Abandoned::Publish);
+                        .map_err(Abandoned::Publish)
+                        .inspect(|()| self.metrics.event_succeeded(&message.routing_key));
                 }
                 Err(error) => error,
             };
@@ -282,7 +314,11 @@ impl Worker {
                 return publisher
                     .publish_outcome(&outcome, trace_of(message))
                     .await
-                    .map_err(Abandoned::Publish);
+                    .map_err(Abandoned::Publish)
+                    .inspect(|()| {
+                        self.metrics
+                            .event_failed(&message.routing_key, failure.kind)
+                    });
             }
             let shown_delay = match next {
                 Next::RetryAfter { delay, .. } => delay.as_millis() as u64,
@@ -310,6 +346,8 @@ impl Worker {
                 .publish_outcome(&outcome, trace_of(message))
                 .await
                 .map_err(Abandoned::Publish)?;
+            self.metrics
+                .event_retried(&message.routing_key, failure.kind);
             match next {
                 Next::RetryAfter { delay, counts } => {
                     tokio::select! {

@@ -4,6 +4,7 @@
 pub mod headers;
 pub mod publisher;
 pub mod topology;
+pub mod trace;
 
 use lapin::{Connection, ConnectionProperties};
 

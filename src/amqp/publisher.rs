@@ -2,13 +2,15 @@
 //! dead-letter copies to the dead-letter exchange. A publish returns only once the broker
 //! has confirmed it, so the caller may then acknowledge the delivery that caused it.
 
-use super::headers;
+use super::{headers, trace};
 use crate::domain::outcome::{format_timestamp, Failure, Outcome};
+use crate::metrics::{Metrics, PublishResult, PublishedMessage};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use std::collections::BTreeMap;
 use time::OffsetDateTime;
+use tracing::Instrument;
 
 /// The headers a dead-letter copy gains (contract section 6).
 pub mod dead_letter_headers {
@@ -59,6 +61,7 @@ pub struct Publisher {
     channel: Channel,
     results_exchange: String,
     dead_letter_exchange: String,
+    metrics: Metrics,
 }
 
 impl Publisher {
@@ -79,7 +82,14 @@ impl Publisher {
             channel,
             results_exchange: results_exchange.to_owned(),
             dead_letter_exchange: dead_letter_exchange.to_owned(),
+            metrics: Metrics::default(),
         })
+    }
+
+    /// Records the broker's answers (and confirmed dead-letter copies) in `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Closes the channel once nothing more will be published.
@@ -87,8 +97,8 @@ impl Publisher {
         let _ = self.channel.close(200, "done".into()).await;
     }
 
-    /// Publishes an outcome event, with the trace context of its input, and waits for
-    /// the broker's confirm. An outcome nobody has bound a queue for is still confirmed:
+    /// Publishes an outcome event and waits for the broker's confirm. It carries the
+    /// context of its producer span, or, without one, `trace_context` (the input's). An outcome nobody has bound a queue for is still confirmed:
     /// dashboards are optional.
     ///
     /// # Errors
@@ -112,6 +122,7 @@ impl Publisher {
             }
         }
         self.publish(
+            PublishedMessage::Outcome,
             &self.results_exchange,
             &outcome.routing_key(),
             &body,
@@ -175,6 +186,7 @@ impl Publisher {
             properties = properties.with_delivery_mode(2);
         }
         self.publish(
+            PublishedMessage::DeadLetter,
             &self.dead_letter_exchange,
             &message.routing_key,
             &message.body,
@@ -182,9 +194,43 @@ impl Publisher {
             true,
         )
         .await
+        .inspect(|()| {
+            self.metrics
+                .dead_lettered(&message.routing_key, failure.kind)
+        })
     }
 
     async fn publish(
+        &self,
+        kind: PublishedMessage,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+        mandatory: bool,
+    ) -> Result<(), PublishError> {
+        let span = trace::producer_span(exchange, routing_key);
+        let properties = trace::inject_context(&span, properties);
+        let result = self
+            .publish_confirmed(exchange, routing_key, body, properties, mandatory)
+            .instrument(span.clone())
+            .await;
+        self.metrics.published(
+            kind,
+            match &result {
+                Ok(()) => PublishResult::Confirmed,
+                Err(PublishError::Nacked { .. }) => PublishResult::Nacked,
+                Err(PublishError::Unroutable { .. }) => PublishResult::Returned,
+                Err(PublishError::Broker { .. }) => PublishResult::Error,
+            },
+        );
+        if result.is_err() {
+            span.record("otel.status_code", "error");
+        }
+        result
+    }
+
+    async fn publish_confirmed(
         &self,
         exchange: &str,
         routing_key: &str,

@@ -12,6 +12,7 @@ use super::error::{ApiError, OktaError};
 use super::pacing::{bucket_of, BucketReport, Pacer};
 use super::search;
 use crate::domain::plan::AccountStatus;
+use crate::metrics::Metrics;
 use crate::secret::Secret;
 #[cfg(test)]
 use reqwest::header::HeaderValue;
@@ -22,7 +23,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use time::OffsetDateTime;
 use tokio::sync::Semaphore;
 
@@ -107,6 +108,7 @@ struct Inner {
     settings: OktaClientSettings,
     /// Last `X-Rate-Limit-Remaining` seen, -1 before any; for metrics and pacing.
     last_remaining: AtomicI64,
+    metrics: Metrics,
 }
 
 impl std::fmt::Debug for OktaClient {
@@ -157,6 +159,19 @@ impl OktaClient {
         auth: &OktaAuth,
         settings: OktaClientSettings,
     ) -> Result<Self, OktaSetupError> {
+        Self::with_auth_and_metrics(base, auth, settings, Metrics::default())
+    }
+
+    /// [`OktaClient::with_auth`], recording every request in `metrics`.
+    ///
+    /// # Errors
+    /// As [`OktaClient::with_auth`].
+    pub fn with_auth_and_metrics(
+        base: Url,
+        auth: &OktaAuth,
+        settings: OktaClientSettings,
+        metrics: Metrics,
+    ) -> Result<Self, OktaSetupError> {
         let http = reqwest::Client::builder()
             .timeout(settings.request_timeout)
             .connect_timeout(Duration::from_secs(5))
@@ -173,6 +188,7 @@ impl OktaClient {
                 pacer: Pacer::new(),
                 settings,
                 last_remaining: AtomicI64::new(-1),
+                metrics,
             }),
         })
     }
@@ -452,7 +468,7 @@ impl OktaClient {
 
     /// Sends one request, waiting out 429s as Okta's SDKs do, and turns error answers
     /// into [`OktaError`].
-    #[tracing::instrument(name = "okta", skip_all, fields(okta.operation = operation, okta.request_id = tracing::field::Empty, http.status = tracing::field::Empty))]
+    #[tracing::instrument(name = "okta", skip_all, fields(otel.name = operation, otel.kind = "client", okta.operation = operation, http.request.method = %method, okta.request_id = tracing::field::Empty, http.response.status_code = tracing::field::Empty, otel.status_code = tracing::field::Empty))]
     async fn call(
         &self,
         operation: &'static str,
@@ -482,33 +498,24 @@ impl OktaClient {
             let paced = self.inner.pacer.acquire(bucket_of(url.path())).await;
             let answer = {
                 let _permit = self.inner.in_flight.acquire().await;
-                let response = request
-                    .send()
-                    .await
-                    .map_err(|source| OktaError::Transport {
-                        operation,
-                        timed_out: source.is_timeout(),
-                        source,
-                    })?;
-                let status = response.status();
-                let headers = response.headers().clone();
-                let body = response
-                    .bytes()
-                    .await
-                    .map_err(|source| OktaError::Transport {
-                        operation,
-                        timed_out: source.is_timeout(),
-                        source,
-                    })?;
-                Answer {
-                    status,
-                    headers,
-                    body: body.to_vec(),
+                let started = Instant::now();
+                let answer = send_and_read(request).await;
+                let status = answer.as_ref().ok().map(|a| a.status.as_u16());
+                self.inner
+                    .metrics
+                    .okta_response(operation, status, started.elapsed());
+                if status.is_none_or(|code| code >= 400) {
+                    tracing::Span::current().record("otel.status_code", "error");
                 }
+                answer.map_err(|source| OktaError::Transport {
+                    operation,
+                    timed_out: source.is_timeout(),
+                    source,
+                })?
             };
             let request_id = header_str(&answer.headers, "x-okta-request-id").map(str::to_owned);
             let span = tracing::Span::current();
-            span.record("http.status", answer.status.as_u16());
+            span.record("http.response.status_code", answer.status.as_u16());
             if let Some(id) = &request_id {
                 span.record("okta.request_id", id.as_str());
             }
@@ -575,6 +582,18 @@ fn unix_now() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or_default()
+}
+
+async fn send_and_read(request: reqwest::RequestBuilder) -> Result<Answer, reqwest::Error> {
+    let response = request.send().await?;
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.bytes().await?;
+    Ok(Answer {
+        status,
+        headers,
+        body: body.to_vec(),
+    })
 }
 
 fn decode<T: DeserializeOwned>(operation: &'static str, answer: &Answer) -> Result<T, OktaError> {

@@ -42,6 +42,8 @@ pub enum GroupLookupError {
 pub struct CacheStats {
     pub hits: u64,
     pub misses: u64,
+    /// Lookups made again because a resolved entry had outlived its TTL.
+    pub refreshes: u64,
 }
 
 struct Slot {
@@ -68,7 +70,7 @@ impl GroupDirectory {
         }
     }
 
-    /// Hits and misses so far.
+    /// Hits, misses and refreshes so far.
     pub fn stats(&self) -> CacheStats {
         self.stats.lock().map(|s| *s).unwrap_or_default()
     }
@@ -81,7 +83,12 @@ impl GroupDirectory {
         let fresh = |slot: &Arc<Slot>| slot.created.elapsed() < self.ttl;
         match slots.get(target) {
             Some(slot) if fresh(slot) => Arc::clone(slot),
-            _ => {
+            stale => {
+                if stale.is_some_and(|slot| slot.cell.initialized()) {
+                    if let Ok(mut stats) = self.stats.lock() {
+                        stats.refreshes += 1;
+                    }
+                }
                 let slot = Arc::new(Slot {
                     created: Instant::now(),
                     cell: OnceCell::new(),
@@ -164,5 +171,66 @@ impl GroupDirectory {
             id: group.id,
             name: group.profile.name,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::okta::OktaClientSettings;
+    use crate::okta_sim::{GroupType, OktaSim, SimConfig};
+    use crate::secret::Secret;
+
+    async fn directory(ttl: Duration) -> (OktaSim, GroupDirectory) {
+        let sim = OktaSim::start(SimConfig::default())
+            .await
+            .expect("fake Okta starts");
+        sim.create_group("Sales-App-Access", GroupType::OktaGroup);
+        let client = OktaClient::new(
+            reqwest::Url::parse(&sim.base_url()).expect("url"),
+            &Secret::new(sim.api_token()),
+            OktaClientSettings::default(),
+        )
+        .expect("client");
+        (sim, GroupDirectory::new(client, ttl))
+    }
+
+    #[tokio::test]
+    async fn a_fresh_entry_is_a_hit_and_an_expired_one_a_refresh() {
+        let target = GroupTarget::Name("Sales-App-Access".into());
+
+        let (_sim, cached) = directory(Duration::from_secs(300)).await;
+        cached.resolve(&target).await.expect("resolves");
+        cached.resolve(&target).await.expect("resolves");
+        assert_eq!(
+            cached.stats(),
+            CacheStats {
+                hits: 1,
+                misses: 1,
+                refreshes: 0
+            }
+        );
+
+        let (_sim, expiring) = directory(Duration::ZERO).await;
+        expiring.resolve(&target).await.expect("resolves");
+        expiring.resolve(&target).await.expect("resolves");
+        assert_eq!(
+            expiring.stats(),
+            CacheStats {
+                hits: 0,
+                misses: 2,
+                refreshes: 1
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_group_is_not_a_refresh_when_looked_up_again() {
+        let (_sim, directory) = directory(Duration::ZERO).await;
+        let target = GroupTarget::Name("Nobody-Made-This".into());
+        assert!(directory.resolve(&target).await.is_err());
+        assert!(directory.resolve(&target).await.is_err());
+        assert_eq!(directory.stats().refreshes, 0, "nothing was cached");
+        assert_eq!(directory.stats().misses, 2);
     }
 }

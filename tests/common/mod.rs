@@ -267,6 +267,25 @@ impl World {
         }
     }
 
+    /// The terminal outcome of each of `event_ids`, whatever order they finish in
+    /// (waiting for one at a time would skip another's that came first).
+    pub async fn final_outcomes_of(
+        &mut self,
+        event_ids: &[String],
+    ) -> std::collections::HashMap<String, Value> {
+        let mut finals = std::collections::HashMap::new();
+        while finals.len() < event_ids.len() {
+            let (_, body, _) = self.next_outcome().await;
+            let Some(id) = body["source_event_id"].as_str() else {
+                continue;
+            };
+            if body["status"] != "retrying" && event_ids.iter().any(|wanted| wanted == id) {
+                finals.insert(id.to_owned(), body);
+            }
+        }
+        finals
+    }
+
     /// The terminal outcome for `event_id`.
     pub async fn final_outcome(&mut self, event_id: &str) -> Value {
         self.outcomes_until_final(event_id)
