@@ -2,6 +2,7 @@
 //! its answers into typed results and classified errors, plus the group-name cache.
 
 pub mod client;
+pub mod dry_run;
 pub mod error;
 pub mod groups;
 pub mod pacing;
