@@ -270,6 +270,54 @@ async fn a_hire_starting_in_three_seconds_is_staged_with_its_groups_then_activat
 }
 
 #[tokio::test]
+async fn a_future_dated_rehire_gets_its_new_groups_now_and_is_reenabled_on_the_start_date() {
+    let (mut world, start, start_date) = world_with_start_ahead("staged-rehire", 3).await;
+    let user_id = world.sim.create_user(
+        profile("E-605", "back@example.com"),
+        UserStatus::Deprovisioned,
+    );
+    let sales = world.sim.group_id("Sales-App-Access").expect("group");
+    world.sim.add_member(&sales, &user_id);
+    let id = event_id("staged-rehire");
+    let mut body = hire(&id, "E-605", "back@example.com", &["Engineering"]);
+    body["employee"]["start_date"] = json!(start_date);
+    world.publish("employee.added", &body).await;
+
+    let adopted = world.final_outcome(&id).await;
+    let actions = strings(&adopted["actions"]);
+    assert!(
+        actions.contains(&"group.removed:Sales-App-Access".to_owned()),
+        "{actions:?}"
+    );
+    assert!(
+        !actions.iter().any(|a| a.starts_with("user.")),
+        "not re-enabled before the start: {actions:?}"
+    );
+    assert_eq!(
+        actions.last().map(String::as_str),
+        Some(format!("activation.scheduled:{}", rfc3339(start)).as_str())
+    );
+    assert_eq!(
+        world.sim.user(&user_id).expect("user").status,
+        UserStatus::Deprovisioned
+    );
+    assert_eq!(
+        world.sim.user_group_names(&user_id),
+        vec!["Engineering-Core", "GitHub-Users"]
+    );
+
+    let reenabled = world.final_outcome(&id).await;
+    assert!(time::OffsetDateTime::now_utc() >= start);
+    assert_eq!(strings(&reenabled["actions"]), vec!["user.reactivated"]);
+    let user = world.sim.user(&user_id).expect("user");
+    assert!(
+        matches!(user.status, UserStatus::Provisioned | UserStatus::Active),
+        "{:?}",
+        user.status
+    );
+}
+
+#[tokio::test]
 async fn a_later_removal_cancels_a_pending_activation() {
     let (mut world, _start, start_date) = world_with_start_ahead("cancel", 3).await;
     let id = event_id("cancel");
