@@ -9,6 +9,7 @@
 use crate::amqp::publisher::{DeliveredMessage, Publisher};
 use crate::amqp::topology::{self, TopologyError, TopologyNames};
 use crate::config::Settings;
+use crate::deferral::Deferral;
 use crate::domain::mapping::GroupMapping;
 use crate::health::{self, Health};
 use crate::metrics::{self, Metrics, MetricsRegistry};
@@ -143,6 +144,12 @@ impl Application {
                 retry: settings.retry,
                 circuit: OktaCircuit::new(settings.okta_outage_threshold),
                 metrics,
+                deferral: Deferral::new(
+                    &settings.topology.work_queue,
+                    settings.activation_time,
+                    settings.offboarding_guard,
+                    settings.dry_run,
+                ),
             }),
             settings,
             health,
@@ -174,6 +181,14 @@ impl Application {
             health.clone(),
             stop.clone(),
         ));
+        let reload = self.settings.mapping_file.clone().map(|path| {
+            tokio::spawn(crate::mapping_reload::watch(
+                path,
+                self.settings.mapping_poll,
+                Arc::clone(&self.worker.provisioner),
+                stop.clone(),
+            ))
+        });
         let sessions = self.run_sessions(stop.clone());
         tokio::pin!(sessions);
         tokio::select! {
@@ -187,6 +202,9 @@ impl Application {
         }
         stop.cancel();
         let _ = prober.await;
+        if let Some(reload) = reload {
+            let _ = reload.await;
+        }
         if let Some(http) = http {
             let _ = http.await;
         }

@@ -4,6 +4,7 @@
 use crate::amqp::topology::{QueueType, TopologyNames};
 use crate::domain::mapping::{GroupMapping, MappingError};
 use crate::domain::plan::OffboardingMode;
+use crate::guard::GuardLimits;
 use crate::okta::auth::{OktaAuth, ServiceApp, SigningKey, DEFAULT_SCOPES};
 use crate::okta::OktaClientSettings;
 use crate::retry::RetryPolicy;
@@ -51,6 +52,11 @@ struct RawEnv {
     okta_max_in_flight: Option<u16>,
     group_cache_ttl_secs: Option<u64>,
     okta_outage_threshold: Option<u32>,
+    dry_run: Option<bool>,
+    offboarding_guard_max: Option<u32>,
+    offboarding_guard_window: Option<u64>,
+    activation_time_of_day: Option<String>,
+    group_mapping_poll_ms: Option<u64>,
 }
 
 /// A configuration mistake; the message names the variable.
@@ -189,6 +195,15 @@ pub struct Settings {
     pub okta_outage_threshold: u32,
     /// Largest message body accepted, in bytes; a larger one is dead-lettered unread.
     pub max_message_bytes: usize,
+    /// `DRY_RUN`: read Okta, change nothing, report what would have been done.
+    pub dry_run: bool,
+    /// `OFFBOARDING_GUARD_MAX` / `OFFBOARDING_GUARD_WINDOW`; off when `None`.
+    pub offboarding_guard: Option<GuardLimits>,
+    /// `ACTIVATION_TIME_OF_DAY`: when (UTC) a staged hire's start date begins.
+    pub activation_time: time::Time,
+    /// `GROUP_MAPPING_POLL_MS`: how often `GROUP_MAPPING_FILE` is checked for changes;
+    /// `None`: only on SIGHUP.
+    pub mapping_poll: Option<Duration>,
 }
 
 impl Settings {
@@ -304,6 +319,24 @@ impl Settings {
             }
             okta_client.max_in_flight = usize::from(max);
         }
+        let dry_run = raw.dry_run.unwrap_or(false);
+        okta_client.dry_run = dry_run;
+        let offboarding_guard =
+            guard_limits(raw.offboarding_guard_max, raw.offboarding_guard_window)?;
+        let activation_time = match raw.activation_time_of_day.as_deref() {
+            None => time::Time::MIDNIGHT,
+            Some(value) => crate::schedule::parse_time_of_day(value).ok_or_else(|| {
+                invalid(
+                    "ACTIVATION_TIME_OF_DAY",
+                    format!("not a time of day like 06:00 or 06:00:00 (UTC): {value:?}"),
+                )
+            })?,
+        };
+        let mapping_poll = match raw.group_mapping_poll_ms {
+            Some(0) => None,
+            Some(ms) => Some(Duration::from_millis(ms)),
+            None => Some(Duration::from_secs(30)),
+        };
 
         Ok(Settings {
             amqp_url,
@@ -324,7 +357,36 @@ impl Settings {
                 None => 5,
             },
             max_message_bytes: max_message_bytes(raw.max_message_bytes)?,
+            dry_run,
+            offboarding_guard,
+            activation_time,
+            mapping_poll,
         })
+    }
+}
+
+fn guard_limits(
+    max: Option<u32>,
+    window_secs: Option<u64>,
+) -> Result<Option<GuardLimits>, ConfigError> {
+    match (max, window_secs) {
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(invalid(
+            "OFFBOARDING_GUARD_WINDOW",
+            "is required with OFFBOARDING_GUARD_MAX (seconds)",
+        )),
+        (None, Some(_)) => Err(invalid(
+            "OFFBOARDING_GUARD_MAX",
+            "is required with OFFBOARDING_GUARD_WINDOW",
+        )),
+        (Some(_), Some(0)) => Err(invalid(
+            "OFFBOARDING_GUARD_WINDOW",
+            "must be at least 1 (seconds)",
+        )),
+        (Some(max), Some(window)) => Ok(Some(GuardLimits {
+            max,
+            window: Duration::from_secs(window),
+        })),
     }
 }
 
@@ -587,6 +649,19 @@ mod tests {
             (with(("HTTP_LISTEN", "everywhere")), "HTTP_LISTEN"),
             (with(("AMQP_URL", "http://broker")), "AMQP_URL"),
             (with(("QUEUE_TYPE", "stream")), "QUEUE_TYPE"),
+            (with(("DRY_RUN", "maybe")), "DRY_RUN"),
+            (
+                with(("OFFBOARDING_GUARD_MAX", "10")),
+                "OFFBOARDING_GUARD_WINDOW",
+            ),
+            (
+                with(("OFFBOARDING_GUARD_WINDOW", "60")),
+                "OFFBOARDING_GUARD_MAX",
+            ),
+            (
+                with(("ACTIVATION_TIME_OF_DAY", "9am")),
+                "ACTIVATION_TIME_OF_DAY",
+            ),
             (vec![("OKTA_API_TOKEN", "x")], "OKTA_ORG_URL"),
             (
                 vec![("OKTA_ORG_URL", "https://acme.okta.com")],

@@ -7,6 +7,10 @@ use iam_provisioner::app::{Application, OktaEndpoint};
 use iam_provisioner::config::{OktaTarget, Settings};
 use iam_provisioner::dlq::cli as dlq;
 use iam_provisioner::domain::mapping::{GroupMapping, GroupTarget};
+use iam_provisioner::held::{self, HeldAction, HeldSelection};
+use iam_provisioner::mapping_check;
+use iam_provisioner::okta::groups::GroupDirectory;
+use iam_provisioner::okta::OktaClient;
 use iam_provisioner::okta_sim::{self, OktaSim, RateLimit, SimConfig};
 use iam_provisioner::secret::Secret;
 use std::net::SocketAddr;
@@ -38,6 +42,54 @@ enum Command {
     /// Move dead-lettered messages back to processing under their original routing key
     /// (the same as `dlq replay`). Try --dry-run first.
     Replay(dlq::ReplayArgs),
+    /// Release or discard removals held by the offboarding guard.
+    #[command(subcommand)]
+    Held(HeldCommand),
+    /// Tools for the group mapping.
+    #[command(subcommand)]
+    Mapping(MappingCommand),
+}
+
+#[derive(Subcommand)]
+enum HeldCommand {
+    /// Send the selected held removals back to processing, past the guard.
+    Release(HeldArgs),
+    /// Drop the selected held removals: they will not be carried out.
+    Discard(HeldArgs),
+}
+
+#[derive(Args)]
+struct HeldArgs {
+    /// Only messages with this event type (routing key), e.g. employee.removed.
+    #[arg(long)]
+    routing_key: Option<String>,
+    /// Only messages of this employee id.
+    #[arg(long)]
+    employee_id: Option<String>,
+    /// Act on at most this many messages.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// List what would be released or discarded; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Broker URL (the password is never printed).
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        hide_env_values = true,
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    amqp_url: String,
+    /// The work queue whose hold queue (`<WORK_QUEUE>.held`) is read.
+    #[arg(long, env = "WORK_QUEUE", default_value = "iam-provisioner")]
+    work_queue: String,
+}
+
+#[derive(Subcommand)]
+enum MappingCommand {
+    /// Resolve every mapped Okta group against the configured Okta (OKTA_ORG_URL,
+    /// OKTA_API_TOKEN, GROUP_MAPPING or GROUP_MAPPING_FILE); exit 1 on any problem.
+    Check,
 }
 
 #[derive(Args)]
@@ -115,6 +167,8 @@ fn main() -> ExitCode {
             Command::OktaSim(args) => run_sim(args).await,
             Command::Dlq(command) => Ok(dlq::run_dlq(command).await?),
             Command::Replay(args) => Ok(dlq::replay(args).await?),
+            Command::Held(command) => run_held(command).await,
+            Command::Mapping(MappingCommand::Check) => run_mapping_check().await,
         }
     });
     // The last spans (the shutdown itself) reach the collector before the process ends.
@@ -189,6 +243,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         tracing::warn!("no group mapping configured: users are created without groups");
         GroupMapping::default()
     });
+    if settings.dry_run {
+        tracing::warn!("DRY_RUN: Okta is read but never changed; outcomes list what would have been done (\"dry_run\": true)");
+    }
     tracing::info!(
         okta = %okta.url,
         offboarding = ?settings.offboarding,
@@ -199,6 +256,70 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let app = Application::build(settings, okta, mapping).await?;
     tracing::info!(http = %app.http_address(), "health endpoints listening");
     app.run_until(shutdown_signal()).await;
+    Ok(())
+}
+
+async fn run_held(command: HeldCommand) -> anyhow::Result<()> {
+    let (action, args, verb) = match command {
+        HeldCommand::Release(args) => (HeldAction::Release, args, "released"),
+        HeldCommand::Discard(args) => (HeldAction::Discard, args, "discarded"),
+    };
+    let selection = HeldSelection {
+        routing_key: args.routing_key,
+        employee_id: args.employee_id,
+        limit: args.limit,
+        dry_run: args.dry_run,
+    };
+    let verb = if selection.dry_run {
+        "would be ".to_owned() + verb
+    } else {
+        verb.to_owned()
+    };
+    let report = held::run(
+        &Secret::new(args.amqp_url),
+        &args.work_queue,
+        action,
+        &selection,
+    )
+    .await?;
+    for message in &report.selected {
+        println!(
+            "{verb}: {} employee_id={} message_id={} held_at={}",
+            message.routing_key,
+            message.employee_id.as_deref().unwrap_or("-"),
+            message.message_id.as_deref().unwrap_or("-"),
+            message.held_at.as_deref().unwrap_or("-"),
+        );
+    }
+    println!(
+        "{} {verb}, {} still held",
+        report.selected.len(),
+        report.kept
+    );
+    Ok(())
+}
+
+async fn run_mapping_check() -> anyhow::Result<()> {
+    let settings = Settings::from_env(false)?;
+    let OktaTarget::Org { url, auth } = &settings.okta else {
+        anyhow::bail!(
+            "mapping check needs a real Okta (OKTA_ORG_URL and OKTA_API_TOKEN or OKTA_CLIENT_ID)"
+        );
+    };
+    let Some(mapping) = &settings.mapping else {
+        anyhow::bail!("GROUP_MAPPING or GROUP_MAPPING_FILE: no mapping configured to check");
+    };
+    let client = OktaClient::with_auth(url.clone(), auth, settings.okta_client.clone())?;
+    let groups = GroupDirectory::new(client, settings.group_cache_ttl);
+    let rows = mapping_check::check(mapping, &groups).await;
+    print!("{}", mapping_check::render(&rows));
+    let problems = rows.iter().filter(|r| r.result.is_err()).count();
+    if problems > 0 {
+        anyhow::bail!(
+            "{problems} of {} mapped Okta groups cannot be used",
+            rows.len()
+        );
+    }
     Ok(())
 }
 

@@ -94,6 +94,8 @@ pub enum PublishedMessage {
     Outcome,
     /// A dead-letter copy on the dead-letter exchange.
     DeadLetter,
+    /// A future-dated or held event parked on a delay or hold queue, or sent back from one.
+    Parked,
 }
 
 impl PublishedMessage {
@@ -101,6 +103,7 @@ impl PublishedMessage {
         match self {
             PublishedMessage::Outcome => "outcome",
             PublishedMessage::DeadLetter => "dead_letter",
+            PublishedMessage::Parked => "parked",
         }
     }
 }

@@ -50,6 +50,21 @@ impl SharedMapping {
 pub struct DeliveryFacts {
     /// `x-replay-count` of a message replayed from the dead-letter queue; 0 otherwise.
     pub replay_count: u32,
+    /// Why the event runs now (see `deferral.rs`).
+    pub purpose: Purpose,
+}
+
+/// Why an event runs now; only hires tell these apart.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Purpose {
+    /// The event is due: do what it says.
+    #[default]
+    Now,
+    /// A hire whose start date is ahead: create (or adopt) the user without enabling it;
+    /// it is activated at `activate_at`.
+    Stage { activate_at: time::OffsetDateTime },
+    /// A staged hire's start date has come: activate the user if it still waits.
+    Activate,
 }
 
 /// What an event did.
@@ -133,6 +148,11 @@ impl Provisioner {
         &self.groups
     }
 
+    /// The mapping in force, for reloads.
+    pub fn mapping(&self) -> &SharedMapping {
+        &self.mapping
+    }
+
     /// Resolves every mapped group once, so the first hires find them cached; returns the
     /// problems found (they fail only the events that need those groups).
     pub async fn warm_group_cache(&self) -> Vec<GroupLookupError> {
@@ -156,6 +176,9 @@ impl Provisioner {
         facts: DeliveryFacts,
     ) -> Result<Report, ProvisionError> {
         match &event.body {
+            EventBody::Added(record) if facts.purpose == Purpose::Activate => {
+                self.activate_scheduled(event, record).await
+            }
             EventBody::Added(record) => self.hire(event, record, facts).await,
             EventBody::Updated(record) => self.update(event, record, facts).await,
             EventBody::Removed { leaver, .. } => self.offboard(leaver).await,
@@ -177,9 +200,11 @@ impl Provisioner {
         };
         let (on_create, later) = desired.split_at(desired.len().min(MAX_GROUPS_ON_CREATE));
         let ids: Vec<String> = on_create.iter().map(|g| g.id.clone()).collect();
+        // Before the start date the account exists, with its groups, but is not enabled.
+        let staging = matches!(facts.purpose, Purpose::Stage { .. });
         match self
             .okta
-            .create_user(&okta_profile(record), &ids, true)
+            .create_user(&okta_profile(record), &ids, !staging)
             .await
         {
             Ok(user) => {
@@ -219,6 +244,10 @@ impl Provisioner {
                 self.sync_membership(&user, &desired, &mut report).await?;
                 self.sync_profile(&user, record, &mut report).await?;
                 let status = user.account_status();
+                if staging {
+                    // Enabled, if at all, when the start date comes.
+                    return Ok(report);
+                }
                 match plan::rehire_step(&status) {
                     // False when Okta says the user is already active: nothing done.
                     Some(LifecycleStep::Activate) if self.okta.activate_user(&user.id).await? => {
@@ -273,6 +302,43 @@ impl Provisioner {
         }
         self.sync_membership(&user, &desired, &mut report).await?;
         self.sync_profile(&user, record, &mut report).await?;
+        Ok(report)
+    }
+
+    /// A staged hire's start date has come: enable the account if it still waits for
+    /// it (`plan::activation_step`); a removal since, or any later status change,
+    /// cancels the activation.
+    async fn activate_scheduled(
+        &self,
+        event: &HrEvent,
+        record: &EmployeeRecord,
+    ) -> Result<Report, ProvisionError> {
+        let mut report = Report::default();
+        let who = LeaverRef {
+            id: Some(record.id.clone()),
+            email: Some(record.email.clone()),
+        };
+        let Some(user) = self.find_user(&who).await? else {
+            return Ok(report);
+        };
+        report.okta_user_id = Some(user.id.clone());
+        let status = user.account_status();
+        match plan::activation_step(&status, user.status_changed_at(), event.occurred_at) {
+            Some(LifecycleStep::Activate) if self.okta.activate_user(&user.id).await? => {
+                report
+                    .actions
+                    .push(if status == AccountStatus::Deprovisioned {
+                        Action::UserReactivated
+                    } else {
+                        Action::UserActivated
+                    });
+            }
+            Some(LifecycleStep::Unsuspend) => {
+                self.okta.unsuspend_user(&user.id).await?;
+                report.actions.push(Action::UserUnsuspended);
+            }
+            _ => {}
+        }
         Ok(report)
     }
 

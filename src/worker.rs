@@ -8,6 +8,7 @@
 
 use crate::amqp::publisher::{DeliveredMessage, PublishError, Publisher};
 use crate::amqp::{headers, trace};
+use crate::deferral::{Deferral, Gate};
 use crate::domain::event::{
     parse_message_bounded, printable, HrEvent, RawMessage, ValidationContext, ValidationError,
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -16,7 +17,7 @@ use crate::domain::outcome::{ErrorKind, Failure, Outcome, OutcomeStatus};
 use crate::metrics::Metrics;
 use crate::okta::OktaError;
 use crate::outage::OktaCircuit;
-use crate::provisioner::{DeliveryFacts, ProvisionError, Provisioner, Report};
+use crate::provisioner::{DeliveryFacts, ProvisionError, Provisioner, Purpose, Report};
 use crate::retry::RetryPolicy;
 use crate::sequencer::Turn;
 use lapin::options::BasicAckOptions;
@@ -35,6 +36,8 @@ pub struct Worker {
     /// Open while Okta is down: failing events wait for it instead of spending attempts.
     pub circuit: OktaCircuit,
     pub metrics: Metrics,
+    /// Parks future-dated events and holds removals over the offboarding guard.
+    pub deferral: Deferral,
 }
 
 /// What to do after a failed attempt.
@@ -144,8 +147,20 @@ impl Worker {
                     _ = job.turn.wait() => {}
                     _ = hand_back.cancelled() => return,
                 }
-                self.provision_with_retries(event, &job.message, publisher, hand_back)
-                    .await
+                match self.deferral.gate(event, &job.message, publisher).await {
+                    Ok(Gate::Provision(purpose)) => {
+                        self.provision_with_retries(
+                            event,
+                            &job.message,
+                            publisher,
+                            hand_back,
+                            purpose,
+                        )
+                        .await
+                    }
+                    Ok(Gate::Deferred) => Ok(()),
+                    Err(e) => Err(Abandoned::Publish(e)),
+                }
             }
         };
         match result {
@@ -204,6 +219,7 @@ impl Worker {
             attempt: 1,
             error: Some(failure.clone()),
             completed_at: OffsetDateTime::now_utc(),
+            dry_run: self.provisioner.okta().is_dry_run(),
         };
         publisher
             .dead_letter(message, &failure, 1, context.employee_id.as_deref())
@@ -225,8 +241,11 @@ impl Worker {
         message: &DeliveredMessage,
         publisher: &Publisher,
         hand_back: &CancellationToken,
+        purpose: Purpose,
     ) -> Result<(), Abandoned> {
+        let dry_run = self.provisioner.okta().is_dry_run();
         let facts = DeliveryFacts {
+            purpose,
             replay_count: headers::get_u64(
                 message.properties.headers().as_ref(),
                 headers::REPLAY_COUNT,
@@ -237,10 +256,20 @@ impl Worker {
         let mut attempt = 1u32;
         loop {
             let error = match self.provisioner.provision(event, facts).await {
-                Ok(report) => {
+                Ok(mut report) => {
                     self.circuit.record_success();
-                    let outcome =
-                        outcome_for(event, OutcomeStatus::Succeeded, attempt, Some(report), None);
+                    self.deferral
+                        .after_provisioning(purpose, message, &mut report, publisher)
+                        .await
+                        .map_err(Abandoned::Publish)?;
+                    let outcome = outcome_for(
+                        event,
+                        OutcomeStatus::Succeeded,
+                        attempt,
+                        Some(report),
+                        None,
+                        dry_run,
+                    );
                     tracing::info!(
                         event_id = event.event_id.as_str(),
                         event_type = %event.event_type(),
@@ -301,6 +330,7 @@ impl Worker {
                     attempt,
                     None,
                     Some(failure.clone()),
+                    dry_run,
                 );
                 publisher
                     .dead_letter(
@@ -341,6 +371,7 @@ impl Worker {
                 attempt,
                 None,
                 Some(failure.clone()),
+                dry_run,
             );
             publisher
                 .publish_outcome(&outcome, trace_of(message))
@@ -387,6 +418,7 @@ fn outcome_for(
     attempt: u32,
     report: Option<Report>,
     error: Option<Failure>,
+    dry_run: bool,
 ) -> Outcome {
     let report = report.unwrap_or_default();
     Outcome {
@@ -395,11 +427,15 @@ fn outcome_for(
         status,
         employee_id: event.employee_id().map(|i| i.as_str().to_owned()),
         email: event.email().map(|e| e.as_str().to_owned()),
-        okta_user_id: report.okta_user_id,
+        // A dry run's "created" user does not exist.
+        okta_user_id: report
+            .okta_user_id
+            .filter(|id| !crate::okta::dry_run::is_synthetic_id(id)),
         actions: report.actions.iter().map(ToString::to_string).collect(),
         unmapped_groups: report.unmapped_groups,
         attempt,
         error,
         completed_at: OffsetDateTime::now_utc(),
+        dry_run,
     }
 }

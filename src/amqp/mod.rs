@@ -2,6 +2,7 @@
 //! dead-letter copies with publisher confirms. Only this module knows AMQP types.
 
 pub mod headers;
+pub mod parking;
 pub mod publisher;
 pub mod topology;
 pub mod trace;

@@ -200,7 +200,12 @@ impl Publisher {
         })
     }
 
-    async fn publish(
+    /// Publishes one message and waits for the broker's confirm; with `mandatory`, an
+    /// unroutable message is an error.
+    ///
+    /// # Errors
+    /// [`PublishError`] when the broker did not confirm, or returned the message.
+    pub async fn publish(
         &self,
         kind: PublishedMessage,
         exchange: &str,

@@ -176,6 +176,8 @@ pub async fn declare(channel: &Channel, names: &TopologyNames) -> Result<(), Top
         REPLAY_BINDING_KEY,
     )
     .await?;
+    // Delay queues, the hold queue and the way back into the work queue.
+    super::parking::declare(channel, &names.work_queue).await?;
     Ok(())
 }
 

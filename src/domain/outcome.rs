@@ -15,6 +15,9 @@ pub enum OutcomeStatus {
     Failed,
     /// A transient failure; another attempt is scheduled.
     Retrying,
+    /// Added by this service: a removal held by the mass-offboarding guard, waiting for
+    /// an operator (`iam-provisioner held release|discard`); neither done nor failed.
+    Held,
 }
 
 impl OutcomeStatus {
@@ -23,6 +26,7 @@ impl OutcomeStatus {
             OutcomeStatus::Succeeded => "succeeded",
             OutcomeStatus::Failed => "failed",
             OutcomeStatus::Retrying => "retrying",
+            OutcomeStatus::Held => "held",
         }
     }
 }
@@ -104,6 +108,9 @@ pub struct Outcome {
     pub error: Option<Failure>,
     #[serde(serialize_with = "serialize_millis")]
     pub completed_at: OffsetDateTime,
+    /// Added by this service: true when `DRY_RUN` is on, and `actions` are what would
+    /// have been done; nothing was changed in Okta.
+    pub dry_run: bool,
 }
 
 impl Outcome {
@@ -150,6 +157,7 @@ mod tests {
                 okta_request_id: Some("req-1".into()),
             }),
             completed_at: datetime!(2026-11-28 09:00:01.234567 UTC),
+            dry_run: false,
         };
         let json = serde_json::to_value(&outcome).expect("serialise");
         assert_eq!(json["status"], "failed");

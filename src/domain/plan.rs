@@ -81,6 +81,27 @@ pub fn rehire_step(status: &AccountStatus) -> Option<LifecycleStep> {
     }
 }
 
+/// What a staged hire's activation does when its start date comes. A `STAGED` account
+/// was never enabled, so it is activated (a removal meanwhile would have deactivated
+/// it). A deactivated or suspended account (a rehire) is re-enabled only if its status
+/// has not changed since the hire was announced: any later change — a removal, an
+/// admin — wins, and when Okta does not say when it changed, nothing is done.
+pub fn activation_step(
+    status: &AccountStatus,
+    status_changed: Option<OffsetDateTime>,
+    hire_occurred_at: OffsetDateTime,
+) -> Option<LifecycleStep> {
+    match status {
+        AccountStatus::Staged => Some(LifecycleStep::Activate),
+        AccountStatus::Deprovisioned | AccountStatus::Suspended
+            if status_changed.is_some_and(|changed| changed <= hire_occurred_at) =>
+        {
+            rehire_step(status)
+        }
+        _ => None,
+    }
+}
+
 /// The steps that take an account from `status` to the mode's target state; empty when
 /// it is already there. Sessions are ended first so that access stops before the
 /// (slower, possibly failing) status change.
@@ -163,6 +184,12 @@ pub enum Action {
     UserDeactivated,
     UserDeleted,
     SkippedStale,
+    /// A staged hire will be activated at this time (RFC 3339).
+    ActivationScheduled(String),
+    /// A future-dated termination will be carried out at this time (RFC 3339).
+    RemovalScheduled(String),
+    /// The offboarding guard held the removal for an operator.
+    RemovalHeld,
 }
 
 impl fmt::Display for Action {
@@ -180,6 +207,9 @@ impl fmt::Display for Action {
             Action::UserDeactivated => f.write_str("user.deactivated"),
             Action::UserDeleted => f.write_str("user.deleted"),
             Action::SkippedStale => f.write_str("skipped.stale"),
+            Action::ActivationScheduled(at) => write!(f, "activation.scheduled:{at}"),
+            Action::RemovalScheduled(at) => write!(f, "removal.scheduled:{at}"),
+            Action::RemovalHeld => f.write_str("removal.held"),
         }
     }
 }
@@ -271,6 +301,44 @@ mod tests {
             "group.assigned:Engineering-Core"
         );
         assert_eq!(Action::SkippedStale.to_string(), "skipped.stale");
+    }
+
+    #[test]
+    fn a_scheduled_activation_enables_only_accounts_nothing_changed_since_the_hire() {
+        let hire = datetime!(2026-11-28 09:00 UTC);
+        let before = Some(datetime!(2026-11-01 00:00 UTC));
+        let after = Some(datetime!(2026-11-29 00:00 UTC));
+        assert_eq!(
+            activation_step(&AccountStatus::Staged, after, hire),
+            Some(Activate)
+        );
+        assert_eq!(
+            activation_step(&AccountStatus::Deprovisioned, before, hire),
+            Some(Activate)
+        );
+        assert_eq!(
+            activation_step(&AccountStatus::Suspended, before, hire),
+            Some(Unsuspend)
+        );
+        assert_eq!(
+            activation_step(&AccountStatus::Deprovisioned, after, hire),
+            None,
+            "removed after the hire was announced"
+        );
+        assert_eq!(
+            activation_step(&AccountStatus::Deprovisioned, None, hire),
+            None
+        );
+        assert_eq!(activation_step(&AccountStatus::Active, before, hire), None);
+    }
+
+    #[test]
+    fn scheduling_actions_render_with_their_time() {
+        assert_eq!(
+            Action::RemovalScheduled("2026-12-01T00:00:00Z".into()).to_string(),
+            "removal.scheduled:2026-12-01T00:00:00Z"
+        );
+        assert_eq!(Action::RemovalHeld.to_string(), "removal.held");
     }
 
     #[test]

@@ -80,6 +80,8 @@ pub struct OktaClientSettings {
     pub rate_limit_retries: u32,
     /// The longest single wait for a rate-limit window to reset.
     pub max_rate_limit_wait: Duration,
+    /// `DRY_RUN`: send reads only; changing calls are answered by `dry_run.rs`.
+    pub dry_run: bool,
 }
 
 impl Default for OktaClientSettings {
@@ -89,6 +91,7 @@ impl Default for OktaClientSettings {
             max_in_flight: 32,
             rate_limit_retries: 2,
             max_rate_limit_wait: Duration::from_secs(65),
+            dry_run: false,
         }
     }
 }
@@ -196,6 +199,11 @@ impl OktaClient {
     /// The org URL.
     pub fn base_url(&self) -> &Url {
         &self.inner.base
+    }
+
+    /// Whether changing calls are only pretended (`DRY_RUN`).
+    pub fn is_dry_run(&self) -> bool {
+        self.inner.settings.dry_run
     }
 
     /// The last `X-Rate-Limit-Remaining` Okta reported, if any.
@@ -476,6 +484,15 @@ impl OktaClient {
         url: Url,
         body: Option<&Value>,
     ) -> Result<Answer, OktaError> {
+        if self.inner.settings.dry_run && super::dry_run::changes_okta(&method) {
+            tracing::info!(okta.operation = operation, "dry run: not sent");
+            let (status, body) = super::dry_run::synthetic_answer(operation, &url, body);
+            return Ok(Answer {
+                status,
+                headers: HeaderMap::new(),
+                body,
+            });
+        }
         let mut retry_for: Option<String> = None;
         let mut rate_limit_retries = 0u32;
         let mut renewed_token = false;

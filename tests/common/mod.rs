@@ -7,6 +7,7 @@
 pub mod process;
 
 use futures_util::StreamExt;
+use iam_provisioner::amqp::parking::ParkingNames;
 use iam_provisioner::amqp::topology::{self, QueueType, TopologyNames};
 use iam_provisioner::app::{Application, OktaEndpoint};
 use iam_provisioner::config::{OktaTarget, Settings};
@@ -82,8 +83,10 @@ impl Drop for BrokerCleanup {
                 let Ok(channel) = conn.create_channel().await else {
                     return;
                 };
-                for queue in [names.work_queue, names.dead_letter_queue]
+                let parking = ParkingNames::for_work_queue(&names.work_queue);
+                for queue in [names.work_queue.clone(), names.dead_letter_queue]
                     .into_iter()
+                    .chain(parking.queues())
                     .chain(extra)
                 {
                     let _ = channel
@@ -95,6 +98,8 @@ impl Drop for BrokerCleanup {
                     names.input_exchange,
                     names.results_exchange,
                     names.dead_letter_exchange,
+                    parking.retry_exchange,
+                    parking.delay_exchange,
                 ] {
                     let _ = channel
                         .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
@@ -146,6 +151,8 @@ pub struct World {
     app: Option<JoinHandle<()>>,
     pub http: std::net::SocketAddr,
     pub cleanup: BrokerCleanup,
+    /// What the service was built from, to start it again.
+    restart: (Settings, OktaEndpoint, GroupMapping),
 }
 
 impl World {
@@ -172,7 +179,9 @@ impl World {
             panic!("tests use a real-mode configuration")
         };
         let mapping = settings.mapping.clone().unwrap_or_default();
-        let app = Application::build(settings, OktaEndpoint { url, auth }, mapping)
+        let endpoint = OktaEndpoint { url, auth };
+        let restart = (settings.clone(), endpoint.clone(), mapping.clone());
+        let app = Application::build(settings, endpoint, mapping)
             .await
             .expect("service builds");
         let http = app.http_address();
@@ -190,7 +199,28 @@ impl World {
             app: Some(app),
             http,
             cleanup,
+            restart,
         }
+    }
+
+    /// Starts a new service, as a restart would, after [`World::stop_service`].
+    pub async fn restart_service(&mut self) {
+        assert!(self.app.is_none(), "stop the service first");
+        let (settings, endpoint, mapping) = self.restart.clone();
+        let app = Application::build(settings, endpoint, mapping)
+            .await
+            .expect("service builds again");
+        self.http = app.http_address();
+        self.stop = CancellationToken::new();
+        let token = self.stop.clone();
+        self.app = Some(tokio::spawn(async move {
+            app.run_until(token.cancelled_owned()).await
+        }));
+    }
+
+    /// The names of the delay queues, hold queue and retry exchange.
+    pub fn parking(&self) -> ParkingNames {
+        ParkingNames::for_work_queue(&self.names.work_queue)
     }
 
     /// Stops the service gracefully and waits for it.

@@ -1,0 +1,442 @@
+//! Broker objects beside the work queue for messages that must wait: future-dated
+//! events (delay queues) and removals held by the offboarding guard (the hold queue),
+//! and the exchange through which both return to the work queue.
+//!
+//! Every name starts with the work queue's name (contract section 1):
+//! - `<work queue>.retry`: topic exchange; the work queue is bound to it with `#`, so
+//!   a message published there reaches the work queue alone, with its routing key
+//!   (the event type) kept — other queues bound to the input exchange never see it.
+//! - `<work queue>.delay`: headers exchange; parked messages carry `x-delay-bucket`.
+//! - `<work queue>.delay.<bucket>`: classic durable queues with `x-message-ttl` = the
+//!   bucket and `x-dead-letter-exchange` = `<work queue>.retry`; nobody consumes them,
+//!   a message expires back into the work queue.
+//! - `<work queue>.held`: classic durable queue nobody consumes; the operator's
+//!   `held release|discard` empties it.
+
+use super::headers;
+use super::publisher::{DeliveredMessage, PublishError, Publisher};
+use super::topology::TopologyError;
+use crate::domain::outcome::format_timestamp;
+use crate::metrics::PublishedMessage;
+use crate::schedule::{
+    DelayBucket, Scheduled, ScheduledKind, BUCKETS, DELAY_BUCKET, SCHEDULED_FOR, SCHEDULED_KIND,
+};
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, ExchangeKind};
+use std::collections::BTreeMap;
+use time::OffsetDateTime;
+
+/// Header on a held message: when the guard held it (RFC 3339).
+pub const HELD_AT: &str = "x-held-at";
+/// Header set by `held release`: the removal was approved by an operator and bypasses
+/// the offboarding guard.
+pub const GUARD_BYPASS: &str = "x-offboarding-guard-bypass";
+/// Header on held and released messages: the event type, since the hold queue is
+/// reached through the default exchange under the queue's name.
+pub const ORIGINAL_ROUTING_KEY: &str = "x-original-routing-key";
+/// Header on held and parked messages: where the message was first published.
+pub const ORIGINAL_EXCHANGE: &str = "x-original-exchange";
+/// Header on held messages: the employee id, for `held --employee-id`.
+pub const EMPLOYEE_ID: &str = "x-employee-id";
+
+/// Headers the broker adds when it dead-letters; a re-published copy must not carry
+/// them, or they would grow and mislead.
+const BROKER_DEATH_HEADERS: [&str; 7] = [
+    "x-death",
+    "x-first-death-exchange",
+    "x-first-death-queue",
+    "x-first-death-reason",
+    "x-last-death-exchange",
+    "x-last-death-queue",
+    "x-last-death-reason",
+];
+
+/// The names of the waiting-room objects of one work queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParkingNames {
+    pub retry_exchange: String,
+    pub delay_exchange: String,
+    pub held_queue: String,
+    work_queue: String,
+}
+
+impl ParkingNames {
+    /// The names for `work_queue`.
+    pub fn for_work_queue(work_queue: &str) -> Self {
+        Self {
+            retry_exchange: format!("{work_queue}.retry"),
+            delay_exchange: format!("{work_queue}.delay"),
+            held_queue: format!("{work_queue}.held"),
+            work_queue: work_queue.to_owned(),
+        }
+    }
+
+    /// The queue of one delay bucket.
+    pub fn delay_queue(&self, bucket: &DelayBucket) -> String {
+        format!("{}.delay.{}", self.work_queue, bucket.name)
+    }
+
+    /// Every queue, for tests' clean-up.
+    pub fn queues(&self) -> Vec<String> {
+        let mut queues: Vec<String> = BUCKETS.iter().map(|b| self.delay_queue(b)).collect();
+        queues.push(self.held_queue.clone());
+        queues
+    }
+}
+
+fn declare_error(object: &'static str, name: &str) -> impl FnOnce(lapin::Error) -> TopologyError {
+    let name = name.to_owned();
+    move |source| TopologyError {
+        object,
+        name,
+        source,
+    }
+}
+
+/// Declares the waiting-room objects of `work_queue` (which must exist); idempotent.
+///
+/// # Errors
+/// [`TopologyError`] for the first object the broker refused.
+pub async fn declare(channel: &Channel, work_queue: &str) -> Result<(), TopologyError> {
+    let names = ParkingNames::for_work_queue(work_queue);
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    channel
+        .exchange_declare(
+            names.retry_exchange.as_str().into(),
+            ExchangeKind::Topic,
+            durable,
+            FieldTable::default(),
+        )
+        .await
+        .map_err(declare_error("exchange", &names.retry_exchange))?;
+    channel
+        .exchange_declare(
+            names.delay_exchange.as_str().into(),
+            ExchangeKind::Headers,
+            durable,
+            FieldTable::default(),
+        )
+        .await
+        .map_err(declare_error("exchange", &names.delay_exchange))?;
+    channel
+        .queue_bind(
+            work_queue.into(),
+            names.retry_exchange.as_str().into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(declare_error(
+            "binding of the work queue to",
+            &names.retry_exchange,
+        ))?;
+
+    let durable_queue = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    for bucket in &BUCKETS {
+        let queue = names.delay_queue(bucket);
+        let mut arguments = FieldTable::default();
+        // Classic queues: a per-queue TTL expires messages in order, head first.
+        arguments.insert(
+            "x-message-ttl".into(),
+            AMQPValue::LongLongInt(bucket.ttl.as_millis() as i64),
+        );
+        arguments.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(names.retry_exchange.as_str().into()),
+        );
+        channel
+            .queue_declare(queue.as_str().into(), durable_queue, arguments)
+            .await
+            .map_err(declare_error("queue", &queue))?;
+        let mut binding = FieldTable::default();
+        binding.insert("x-match".into(), AMQPValue::LongString("all".into()));
+        binding.insert(
+            DELAY_BUCKET.into(),
+            AMQPValue::LongString(bucket.name.into()),
+        );
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                names.delay_exchange.as_str().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                binding,
+            )
+            .await
+            .map_err(declare_error("binding of delay queue", &queue))?;
+    }
+    channel
+        .queue_declare(
+            names.held_queue.as_str().into(),
+            durable_queue,
+            FieldTable::default(),
+        )
+        .await
+        .map_err(declare_error("queue", &names.held_queue))?;
+    Ok(())
+}
+
+/// The headers of `message` without the broker's dead-lettering records.
+fn carried_headers(properties: &BasicProperties) -> BTreeMap<ShortString, AMQPValue> {
+    let mut table: BTreeMap<ShortString, AMQPValue> = properties
+        .headers()
+        .as_ref()
+        .map(|t| t.inner().clone())
+        .unwrap_or_default();
+    for name in BROKER_DEATH_HEADERS {
+        table.remove(name);
+    }
+    table
+}
+
+/// Properties for a copy: persistent, with `headers`, and the original's other
+/// properties except `expiration` (a publisher's TTL would cut a wait short) and
+/// `user-id` (the broker checks it against the publishing connection's user).
+fn durable_copy(properties: &BasicProperties, headers: FieldTable) -> BasicProperties {
+    let mut copy = BasicProperties::default()
+        .with_headers(headers)
+        .with_delivery_mode(2);
+    if let Some(v) = properties.content_type() {
+        copy = copy.with_content_type(v.clone());
+    }
+    if let Some(v) = properties.content_encoding() {
+        copy = copy.with_content_encoding(v.clone());
+    }
+    if let Some(v) = properties.priority() {
+        copy = copy.with_priority(*v);
+    }
+    if let Some(v) = properties.correlation_id() {
+        copy = copy.with_correlation_id(v.clone());
+    }
+    if let Some(v) = properties.reply_to() {
+        copy = copy.with_reply_to(v.clone());
+    }
+    if let Some(v) = properties.message_id() {
+        copy = copy.with_message_id(v.clone());
+    }
+    if let Some(v) = properties.timestamp() {
+        copy = copy.with_timestamp(*v);
+    }
+    if let Some(v) = properties.kind() {
+        copy = copy.with_type(v.clone());
+    }
+    if let Some(v) = properties.app_id() {
+        copy = copy.with_app_id(v.clone());
+    }
+    copy
+}
+
+/// The schedule a delivered message carries, if it was parked before and its headers
+/// are readable.
+pub fn scheduled_of(message: &DeliveredMessage) -> Option<Scheduled> {
+    let table = message.properties.headers().as_ref();
+    let kind = ScheduledKind::parse(headers::get_str(table, SCHEDULED_KIND)?)?;
+    let due = OffsetDateTime::parse(
+        headers::get_str(table, SCHEDULED_FOR)?,
+        &time::format_description::well_known::Rfc3339,
+    )
+    .ok()?;
+    Some(Scheduled { kind, due })
+}
+
+/// Whether an operator released this message from the hold queue.
+pub fn bypasses_guard(message: &DeliveredMessage) -> bool {
+    headers::get_str(message.properties.headers().as_ref(), GUARD_BYPASS).is_some()
+}
+
+/// A message ready to publish: (exchange, routing key, body, properties).
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub exchange: String,
+    pub routing_key: String,
+    pub body: Vec<u8>,
+    pub properties: BasicProperties,
+}
+
+/// The copy of `message` parked in `bucket` until `schedule.due`: same body, routing
+/// key and properties, plus the schedule headers.
+pub fn parked_copy(
+    names: &ParkingNames,
+    message: &DeliveredMessage,
+    schedule: Scheduled,
+    bucket: DelayBucket,
+) -> Outgoing {
+    let mut table = FieldTable::from(carried_headers(&message.properties));
+    headers::set_str(&mut table, SCHEDULED_KIND, schedule.kind.as_str());
+    headers::set_str(&mut table, SCHEDULED_FOR, &format_timestamp(schedule.due));
+    headers::set_str(&mut table, DELAY_BUCKET, bucket.name);
+    if headers::get_str(Some(&table), ORIGINAL_EXCHANGE).is_none() {
+        headers::set_str(&mut table, ORIGINAL_EXCHANGE, &message.exchange);
+    }
+    Outgoing {
+        exchange: names.delay_exchange.clone(),
+        routing_key: message.routing_key.clone(),
+        body: message.body.clone(),
+        properties: durable_copy(&message.properties, table),
+    }
+}
+
+/// The copy of a removal held by the guard, for the hold queue (through the default
+/// exchange).
+pub fn held_copy(
+    names: &ParkingNames,
+    message: &DeliveredMessage,
+    employee_id: Option<&str>,
+    now: OffsetDateTime,
+) -> Outgoing {
+    let mut table = FieldTable::from(carried_headers(&message.properties));
+    headers::set_str(&mut table, HELD_AT, &format_timestamp(now));
+    headers::set_str(&mut table, ORIGINAL_ROUTING_KEY, &message.routing_key);
+    if headers::get_str(Some(&table), ORIGINAL_EXCHANGE).is_none() {
+        headers::set_str(&mut table, ORIGINAL_EXCHANGE, &message.exchange);
+    }
+    if let Some(id) = employee_id {
+        headers::set_str(&mut table, EMPLOYEE_ID, id);
+    }
+    Outgoing {
+        exchange: String::new(),
+        routing_key: names.held_queue.clone(),
+        body: message.body.clone(),
+        properties: durable_copy(&message.properties, table),
+    }
+}
+
+/// The copy of a held message that an operator released: back to the work queue
+/// (through the retry exchange, under its event type), past the guard.
+pub fn released_copy(
+    names: &ParkingNames,
+    routing_key: &str,
+    body: &[u8],
+    properties: &BasicProperties,
+) -> Outgoing {
+    let mut table = carried_headers(properties);
+    table.remove(HELD_AT);
+    let mut table = FieldTable::from(table);
+    headers::set_str(&mut table, GUARD_BYPASS, "released");
+    Outgoing {
+        exchange: names.retry_exchange.clone(),
+        routing_key: routing_key.to_owned(),
+        body: body.to_vec(),
+        properties: durable_copy(properties, table),
+    }
+}
+
+impl Outgoing {
+    /// Publishes with `mandatory` and waits for the confirm: a missing queue is an
+    /// error, never a silent loss.
+    ///
+    /// # Errors
+    /// [`PublishError`] when the broker did not confirm or could not route it.
+    pub async fn send(&self, publisher: &Publisher) -> Result<(), PublishError> {
+        publisher
+            .publish(
+                PublishedMessage::Parked,
+                &self.exchange,
+                &self.routing_key,
+                &self.body,
+                self.properties.clone(),
+                true,
+            )
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    fn delivered() -> DeliveredMessage {
+        let mut table = FieldTable::default();
+        headers::set_str(&mut table, "traceparent", "00-abc-def-01");
+        headers::set_str(&mut table, "x-first-death-queue", "q.delay.1s");
+        table.insert("x-death".into(), AMQPValue::FieldArray(Default::default()));
+        DeliveredMessage {
+            exchange: "hr.events".into(),
+            routing_key: "employee.removed".into(),
+            properties: BasicProperties::default()
+                .with_message_id("ev-1".into())
+                .with_expiration("5000".into())
+                .with_headers(table),
+            body: b"{}".to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_parked_copy_keeps_its_event_type_and_drops_broker_death_records() {
+        let names = ParkingNames::for_work_queue("q");
+        let schedule = Scheduled {
+            kind: ScheduledKind::Removal,
+            due: datetime!(2026-12-01 00:00 UTC),
+        };
+        let out = parked_copy(&names, &delivered(), schedule, BUCKETS[3]);
+        assert_eq!(out.exchange, "q.delay");
+        assert_eq!(out.routing_key, "employee.removed");
+        let h = out.properties.headers().as_ref();
+        assert_eq!(headers::get_str(h, SCHEDULED_KIND), Some("removal"));
+        assert_eq!(
+            headers::get_str(h, SCHEDULED_FOR),
+            Some("2026-12-01T00:00:00Z")
+        );
+        assert_eq!(headers::get_str(h, DELAY_BUCKET), Some("1s"));
+        assert_eq!(headers::get_str(h, ORIGINAL_EXCHANGE), Some("hr.events"));
+        assert_eq!(headers::get_str(h, "traceparent"), Some("00-abc-def-01"));
+        assert!(h.is_some_and(|t| !t.inner().contains_key("x-death")));
+        assert_eq!(headers::get_str(h, "x-first-death-queue"), None);
+        assert_eq!(
+            out.properties.expiration(),
+            &None,
+            "a publisher TTL must not cut the wait"
+        );
+        assert_eq!(
+            out.properties.message_id().as_ref().map(|m| m.as_str()),
+            Some("ev-1")
+        );
+        assert_eq!(out.properties.delivery_mode(), &Some(2));
+        let message = DeliveredMessage {
+            properties: out.properties,
+            ..delivered()
+        };
+        assert_eq!(scheduled_of(&message), Some(schedule));
+    }
+
+    #[test]
+    fn a_held_copy_can_be_released_past_the_guard_under_its_event_type() {
+        let names = ParkingNames::for_work_queue("q");
+        let held = held_copy(
+            &names,
+            &delivered(),
+            Some("E-1"),
+            datetime!(2026-12-01 00:00 UTC),
+        );
+        assert_eq!(held.exchange, "");
+        assert_eq!(held.routing_key, "q.held");
+        let h = held.properties.headers().as_ref();
+        assert_eq!(
+            headers::get_str(h, ORIGINAL_ROUTING_KEY),
+            Some("employee.removed")
+        );
+        assert_eq!(headers::get_str(h, EMPLOYEE_ID), Some("E-1"));
+        let released = released_copy(&names, "employee.removed", &held.body, &held.properties);
+        assert_eq!(released.exchange, "q.retry");
+        assert_eq!(released.routing_key, "employee.removed");
+        let message = DeliveredMessage {
+            properties: released.properties.clone(),
+            ..delivered()
+        };
+        assert!(bypasses_guard(&message));
+        assert!(!bypasses_guard(&delivered()));
+        assert_eq!(
+            headers::get_str(released.properties.headers().as_ref(), HELD_AT),
+            None
+        );
+    }
+}
