@@ -9,7 +9,9 @@
 //! closes. A crash in between loses nothing; a duplicate release is harmless (offboarding
 //! converges).
 //!
-//! The filters mirror `replay`'s; the two should share one filter type.
+//! The filters are `replay`'s where they apply to a message that has not failed:
+//! routing key, employee id, event id, a time window (on when it was held rather than
+//! when it failed) and a limit.
 
 use crate::amqp::headers;
 use crate::amqp::parking::{self, ParkingNames};
@@ -17,6 +19,8 @@ use crate::amqp::publisher::{PublishError, Publisher};
 use crate::secret::{redact_url_password, Secret};
 use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
 
 /// What to do with the selected messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +38,12 @@ pub struct HeldSelection {
     pub routing_key: Option<String>,
     /// `employee.id` of the event.
     pub employee_id: Option<String>,
+    /// `event_id` of the event.
+    pub event_id: Option<String>,
+    /// Held strictly before this time; a message without a hold time never matches.
+    pub held_before: Option<OffsetDateTime>,
+    /// Held at or after this time; a message without a hold time never matches.
+    pub held_after: Option<OffsetDateTime>,
     /// At most this many messages.
     pub limit: Option<usize>,
     /// List what would be acted on; change nothing.
@@ -41,11 +51,27 @@ pub struct HeldSelection {
 }
 
 impl HeldSelection {
-    fn matches(&self, routing_key: Option<&str>, employee_id: Option<&str>) -> bool {
+    /// Whether `message` meets every filter given.
+    pub fn matches(&self, message: &HeldMessage) -> bool {
         let wanted = |filter: &Option<String>, value: Option<&str>| {
             filter.as_deref().is_none_or(|f| Some(f) == value)
         };
-        wanted(&self.routing_key, routing_key) && wanted(&self.employee_id, employee_id)
+        let held_at = message
+            .held_at
+            .as_deref()
+            .and_then(|at| OffsetDateTime::parse(at, &Rfc3339).ok());
+        let before_ok = self
+            .held_before
+            .is_none_or(|limit| held_at.is_some_and(|at| at < limit));
+        let after_ok = self
+            .held_after
+            .is_none_or(|limit| held_at.is_some_and(|at| at >= limit));
+        let routing_key = (!message.routing_key.is_empty()).then_some(message.routing_key.as_str());
+        wanted(&self.routing_key, routing_key)
+            && wanted(&self.employee_id, message.employee_id.as_deref())
+            && wanted(&self.event_id, message.event_id.as_deref())
+            && before_ok
+            && after_ok
     }
 }
 
@@ -54,6 +80,8 @@ impl HeldSelection {
 pub struct HeldMessage {
     pub routing_key: String,
     pub employee_id: Option<String>,
+    /// The body's `event_id`, when the body is JSON that has one.
+    pub event_id: Option<String>,
     pub message_id: Option<String>,
     pub held_at: Option<String>,
 }
@@ -155,6 +183,7 @@ async fn act(
                 .unwrap_or_default()
                 .to_owned(),
             employee_id: headers::get_str(table, parking::EMPLOYEE_ID).map(str::to_owned),
+            event_id: event_id_of(&message.delivery.data),
             message_id: message
                 .delivery
                 .properties
@@ -167,7 +196,7 @@ async fn act(
             .limit
             .is_none_or(|limit| report.selected.len() < limit);
         let routing_key = (!held.routing_key.is_empty()).then_some(held.routing_key.as_str());
-        if !room || !selection.matches(routing_key, held.employee_id.as_deref()) {
+        if !room || !selection.matches(&held) {
             report.kept += 1;
             continue;
         }
@@ -201,4 +230,90 @@ async fn act(
     // Closing returns every message not acknowledged to the hold queue.
     let _ = channel.close(200, "held done".into()).await;
     Ok(report)
+}
+
+/// The `event_id` of a JSON body; `None` for anything else (a held message is one the
+/// service already parsed, so this is for display and selection only).
+fn event_id_of(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Head {
+        event_id: Option<String>,
+    }
+    serde_json::from_slice::<Head>(body).ok()?.event_id
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    fn held(employee: &str, event: &str, at: Option<&str>) -> HeldMessage {
+        HeldMessage {
+            routing_key: "employee.removed".into(),
+            employee_id: Some(employee.into()),
+            event_id: Some(event.into()),
+            message_id: None,
+            held_at: at.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn each_filter_selects_exactly_its_messages() {
+        let early = held("E-1", "ev-1", Some("2026-12-01T10:00:00Z"));
+        let late = held("E-2", "ev-2", Some("2026-12-01T12:00:00Z"));
+        let undated = held("E-3", "ev-3", None);
+        let all = [&early, &late, &undated];
+        let picked = |selection: HeldSelection| -> Vec<String> {
+            all.iter()
+                .filter(|m| selection.matches(m))
+                .filter_map(|m| m.event_id.clone())
+                .collect()
+        };
+        assert_eq!(picked(HeldSelection::default()), ["ev-1", "ev-2", "ev-3"]);
+        assert_eq!(
+            picked(HeldSelection {
+                event_id: Some("ev-2".into()),
+                ..HeldSelection::default()
+            }),
+            ["ev-2"]
+        );
+        assert_eq!(
+            picked(HeldSelection {
+                employee_id: Some("E-3".into()),
+                ..HeldSelection::default()
+            }),
+            ["ev-3"]
+        );
+        let noon = datetime!(2026-12-01 12:00 UTC);
+        assert_eq!(
+            picked(HeldSelection {
+                held_before: Some(noon),
+                ..HeldSelection::default()
+            }),
+            ["ev-1"]
+        );
+        assert_eq!(
+            picked(HeldSelection {
+                held_after: Some(noon),
+                ..HeldSelection::default()
+            }),
+            ["ev-2"]
+        );
+        assert_eq!(
+            picked(HeldSelection {
+                routing_key: Some("employee.added".into()),
+                ..HeldSelection::default()
+            }),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn the_event_id_comes_from_a_json_body_only() {
+        assert_eq!(
+            event_id_of(br#"{"event_id":"ev-9","x":1}"#).as_deref(),
+            Some("ev-9")
+        );
+        assert_eq!(event_id_of(b"not json"), None);
+    }
 }

@@ -66,6 +66,15 @@ struct HeldArgs {
     /// Only messages of this employee id.
     #[arg(long)]
     employee_id: Option<String>,
+    /// Only the message with this event id.
+    #[arg(long)]
+    event_id: Option<String>,
+    /// Only messages held before this time (RFC 3339, e.g. 2026-11-28T09:00:00Z).
+    #[arg(long, value_name = "TIME", value_parser = dlq::parse_time)]
+    held_before: Option<time::OffsetDateTime>,
+    /// Only messages held at or after this time (RFC 3339).
+    #[arg(long, value_name = "TIME", value_parser = dlq::parse_time)]
+    held_after: Option<time::OffsetDateTime>,
     /// Act on at most this many messages.
     #[arg(long)]
     limit: Option<usize>,
@@ -267,6 +276,9 @@ async fn run_held(command: HeldCommand) -> anyhow::Result<()> {
     let selection = HeldSelection {
         routing_key: args.routing_key,
         employee_id: args.employee_id,
+        event_id: args.event_id,
+        held_before: args.held_before,
+        held_after: args.held_after,
         limit: args.limit,
         dry_run: args.dry_run,
     };
@@ -284,9 +296,10 @@ async fn run_held(command: HeldCommand) -> anyhow::Result<()> {
     .await?;
     for message in &report.selected {
         println!(
-            "{verb}: {} employee_id={} message_id={} held_at={}",
+            "{verb}: {} employee_id={} event_id={} message_id={} held_at={}",
             message.routing_key,
             message.employee_id.as_deref().unwrap_or("-"),
+            message.event_id.as_deref().unwrap_or("-"),
             message.message_id.as_deref().unwrap_or("-"),
             message.held_at.as_deref().unwrap_or("-"),
         );

@@ -154,7 +154,11 @@ pub fn parse_rate(text: &str) -> Result<Rate, String> {
     Ok(Rate(rate))
 }
 
-fn parse_time(text: &str) -> Result<OffsetDateTime, String> {
+/// Parses an RFC 3339 time given on the command line.
+///
+/// # Errors
+/// A message saying what form is expected.
+pub fn parse_time(text: &str) -> Result<OffsetDateTime, String> {
     OffsetDateTime::parse(text.trim(), &Rfc3339)
         .map_err(|e| format!("not an RFC 3339 time such as 2026-11-28T09:00:00Z ({e})"))
 }
