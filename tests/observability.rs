@@ -595,10 +595,11 @@ async fn every_metric_in_the_dashboard_and_alert_rules_is_exported() {
 
 /// `deploy/rabbitmq/definitions.json`, pre-provisioned by an operator (here under this
 /// test's prefix), must be exactly what the service declares: start-up then finds
-/// nothing to conflict with.
+/// nothing to conflict with, and nothing it needs is missing (the broker's own export
+/// after start-up's declarations holds the definitions' objects and no others).
 #[tokio::test]
 async fn the_rabbitmq_definitions_are_what_the_service_declares() {
-    use iam_provisioner::amqp::topology::{self, TopologyNames, WORK_BINDING_KEY};
+    use iam_provisioner::amqp::topology::{self, TopologyNames};
     use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
     use lapin::types::{AMQPValue, FieldTable};
 
@@ -606,11 +607,13 @@ async fn the_rabbitmq_definitions_are_what_the_service_declares() {
         .expect("definitions exist");
     let definitions: Value = serde_json::from_str(&text).expect("JSON");
     let defaults = TopologyNames::prefixed("");
-    let names = TopologyNames::prefixed(&unique_prefix("definitions"));
+    let prefix = unique_prefix("definitions");
+    let names = TopologyNames::prefixed(&prefix);
     let _cleanup = BrokerCleanup {
         names: names.clone(),
         extra_queues: vec![],
     };
+    // The service's objects are the contract's five and ones named after the work queue.
     let rename = |name: &str| -> String {
         let pairs = [
             (&defaults.input_exchange, &names.input_exchange),
@@ -619,97 +622,57 @@ async fn the_rabbitmq_definitions_are_what_the_service_declares() {
             (&defaults.dead_letter_exchange, &names.dead_letter_exchange),
             (&defaults.dead_letter_queue, &names.dead_letter_queue),
         ];
-        pairs
-            .iter()
-            .find(|(default, _)| default.as_str() == name)
-            .map(|(_, prefixed)| prefixed.to_string())
-            .unwrap_or_else(|| panic!("{name} is not an object the service declares"))
+        if let Some((_, prefixed)) = pairs.iter().find(|(default, _)| default.as_str() == name) {
+            return prefixed.to_string();
+        }
+        match name.strip_prefix(&format!("{}.", defaults.work_queue)) {
+            Some(rest) => format!("{}.{rest}", names.work_queue),
+            None => panic!("{name} is not an object the service declares"),
+        }
     };
-    let strings = |items: &Value, key: &str| -> BTreeSet<String> {
-        items
-            .as_array()
-            .expect("array")
-            .iter()
-            .map(|i| i[key].as_str().expect("string").to_owned())
-            .collect()
+    let to_amqp = |value: &Value| -> AMQPValue {
+        match value {
+            Value::String(text) => AMQPValue::LongString(rename_if_object(text, &rename).into()),
+            Value::Number(n) => AMQPValue::LongLongInt(n.as_i64().expect("integer argument")),
+            other => panic!("unexpected argument {other}"),
+        }
     };
-    assert_eq!(
-        strings(&definitions["exchanges"], "name"),
-        BTreeSet::from([
-            defaults.input_exchange.clone(),
-            defaults.results_exchange.clone(),
-            defaults.dead_letter_exchange.clone()
-        ])
-    );
-    assert_eq!(
-        strings(&definitions["queues"], "name"),
-        BTreeSet::from([
-            defaults.work_queue.clone(),
-            defaults.dead_letter_queue.clone()
-        ])
-    );
-    let bindings: BTreeSet<(String, String, String)> = definitions["bindings"]
-        .as_array()
-        .expect("bindings")
-        .iter()
-        .map(|b| {
-            (
-                b["source"].as_str().expect("source").to_owned(),
-                b["destination"].as_str().expect("destination").to_owned(),
-                b["routing_key"].as_str().expect("key").to_owned(),
-            )
-        })
-        .collect();
-    assert_eq!(
-        bindings,
-        BTreeSet::from([
-            (
-                defaults.input_exchange.clone(),
-                defaults.work_queue.clone(),
-                WORK_BINDING_KEY.to_owned()
-            ),
-            (
-                defaults.dead_letter_exchange.clone(),
-                defaults.dead_letter_queue.clone(),
-                "#".to_owned()
-            ),
-        ])
-    );
+    let table = |arguments: &Value| -> FieldTable {
+        let mut table = FieldTable::default();
+        for (key, value) in arguments.as_object().expect("arguments") {
+            table.insert(key.as_str().into(), to_amqp(value));
+        }
+        table
+    };
 
     let conn = lapin::Connection::connect(AMQP_URL, lapin::ConnectionProperties::default())
         .await
         .expect("connect");
     let channel = conn.create_channel().await.expect("channel");
     for exchange in definitions["exchanges"].as_array().expect("exchanges") {
-        assert_eq!(exchange["type"], "topic");
+        let kind = match exchange["type"].as_str().expect("type") {
+            "topic" => lapin::ExchangeKind::Topic,
+            "headers" => lapin::ExchangeKind::Headers,
+            other => panic!("unexpected exchange type {other}"),
+        };
         channel
             .exchange_declare(
                 rename(exchange["name"].as_str().expect("name"))
                     .as_str()
                     .into(),
-                lapin::ExchangeKind::Topic,
+                kind,
                 ExchangeDeclareOptions {
                     durable: exchange["durable"] == true,
                     auto_delete: exchange["auto_delete"] == true,
                     internal: exchange["internal"] == true,
                     ..ExchangeDeclareOptions::default()
                 },
-                FieldTable::default(),
+                table(&exchange["arguments"]),
             )
             .await
             .expect("exchange from the definitions");
     }
     for queue in definitions["queues"].as_array().expect("queues") {
-        let mut arguments = FieldTable::default();
-        for (key, value) in queue["arguments"].as_object().expect("arguments") {
-            let value = value.as_str().expect("string arguments");
-            let value = if key == "x-dead-letter-exchange" {
-                rename(value)
-            } else {
-                value.to_owned()
-            };
-            arguments.insert(key.as_str().into(), AMQPValue::LongString(value.into()));
-        }
         channel
             .queue_declare(
                 rename(queue["name"].as_str().expect("name"))
@@ -720,19 +683,23 @@ async fn the_rabbitmq_definitions_are_what_the_service_declares() {
                     auto_delete: queue["auto_delete"] == true,
                     ..QueueDeclareOptions::default()
                 },
-                arguments,
+                table(&queue["arguments"]),
             )
             .await
             .expect("queue from the definitions");
     }
-    for (source, destination, key) in &bindings {
+    for binding in definitions["bindings"].as_array().expect("bindings") {
         channel
             .queue_bind(
-                rename(destination).as_str().into(),
-                rename(source).as_str().into(),
-                key.as_str().into(),
+                rename(binding["destination"].as_str().expect("destination"))
+                    .as_str()
+                    .into(),
+                rename(binding["source"].as_str().expect("source"))
+                    .as_str()
+                    .into(),
+                binding["routing_key"].as_str().expect("key").into(),
                 QueueBindOptions::default(),
-                FieldTable::default(),
+                table(&binding["arguments"]),
             )
             .await
             .expect("binding from the definitions");
@@ -744,6 +711,95 @@ async fn the_rabbitmq_definitions_are_what_the_service_declares() {
         .await
         .expect("the service's declarations agree with the pre-provisioned objects");
     let _ = conn.close(200, "done".into()).await;
+
+    // And it declared nothing the definitions lack.
+    let exported = export_definitions();
+    let ours = |name: &str| name.starts_with(&prefix);
+    let expected = object_summary(&definitions, &|name| rename(name), &|_| true);
+    let actual = object_summary(&exported, &|name| name.to_owned(), &ours);
+    assert_eq!(actual, expected);
+}
+
+/// A string argument that names one of the service's objects (a dead-letter exchange)
+/// is renamed like the object; any other string is kept.
+fn rename_if_object(text: &str, rename: &dyn Fn(&str) -> String) -> String {
+    if text.contains("iam-provisioner") {
+        rename(text)
+    } else {
+        text.to_owned()
+    }
+}
+
+/// The broker's definitions, as `rabbitmqctl export_definitions` prints them.
+fn export_definitions() -> Value {
+    let output = std::process::Command::new("rabbitmqctl")
+        .args(["--quiet", "export_definitions", "-"])
+        .output()
+        .expect("rabbitmqctl runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("exported definitions are JSON")
+}
+
+/// Exchanges (name, type), queues (name, arguments) and bindings (source, destination,
+/// key, arguments) of a definitions document, names passed through `rename`, keeping
+/// only objects whose (renamed) name `keep` accepts. Arguments are compared as text so
+/// that a number is a number whatever AMQP integer type declared it.
+fn object_summary(
+    definitions: &Value,
+    rename: &dyn Fn(&str) -> String,
+    keep: &dyn Fn(&str) -> bool,
+) -> (
+    BTreeSet<(String, String)>,
+    BTreeSet<(String, String)>,
+    BTreeSet<(String, String, String, String)>,
+) {
+    let arguments = |value: &Value| -> String {
+        let mut pairs: Vec<(String, String)> = value
+            .as_object()
+            .map(|o| {
+                o.iter()
+                    .map(|(k, v)| {
+                        let v = match v {
+                            Value::String(text) => rename_if_object(text, rename),
+                            other => other.to_string(),
+                        };
+                        (k.clone(), v)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        pairs.sort();
+        format!("{pairs:?}")
+    };
+    let items = |key: &str| definitions[key].as_array().cloned().unwrap_or_default();
+    let name = |item: &Value, key: &str| rename(item[key].as_str().expect("name"));
+    let exchanges = items("exchanges")
+        .iter()
+        .filter(|e| keep(e["name"].as_str().unwrap_or("")))
+        .map(|e| (name(e, "name"), e["type"].as_str().unwrap_or("").to_owned()))
+        .collect();
+    let queues = items("queues")
+        .iter()
+        .filter(|q| keep(q["name"].as_str().unwrap_or("")))
+        .map(|q| (name(q, "name"), arguments(&q["arguments"])))
+        .collect();
+    let bindings = items("bindings")
+        .iter()
+        .filter(|b| keep(b["destination"].as_str().unwrap_or("")))
+        .map(|b| {
+            (
+                name(b, "source"),
+                name(b, "destination"),
+                b["routing_key"].as_str().unwrap_or("").to_owned(),
+                arguments(&b["arguments"]),
+            )
+        })
+        .collect();
+    (exchanges, queues, bindings)
 }
 
 /// Polls `/metrics` until `name` (no labels) has `value`.
