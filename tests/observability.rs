@@ -744,6 +744,14 @@ fn export_definitions() -> Value {
     serde_json::from_slice(&output.stdout).expect("exported definitions are JSON")
 }
 
+/// Exchanges (name, type), queues (name, arguments), bindings (source, destination, key,
+/// arguments).
+type ObjectSummary = (
+    BTreeSet<(String, String)>,
+    BTreeSet<(String, String)>,
+    BTreeSet<(String, String, String, String)>,
+);
+
 /// Exchanges (name, type), queues (name, arguments) and bindings (source, destination,
 /// key, arguments) of a definitions document, names passed through `rename`, keeping
 /// only objects whose (renamed) name `keep` accepts. Arguments are compared as text so
@@ -752,11 +760,7 @@ fn object_summary(
     definitions: &Value,
     rename: &dyn Fn(&str) -> String,
     keep: &dyn Fn(&str) -> bool,
-) -> (
-    BTreeSet<(String, String)>,
-    BTreeSet<(String, String)>,
-    BTreeSet<(String, String, String, String)>,
-) {
+) -> ObjectSummary {
     let arguments = |value: &Value| -> String {
         let mut pairs: Vec<(String, String)> = value
             .as_object()
