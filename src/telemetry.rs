@@ -5,6 +5,7 @@
 //! flushes them on shutdown.
 
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use std::io::IsTerminal;
 use std::time::Duration;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -73,7 +74,10 @@ pub fn init_with_default_filter(default_filter: &str) -> Result<TelemetryGuard, 
             .with_current_span(true)
             .with_writer(std::io::stderr)
             .boxed(),
+        // Colours only for a person at a terminal: escape codes in a file or a log
+        // collector are noise.
         "" | "text" => tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::stderr().is_terminal())
             .with_writer(std::io::stderr)
             .boxed(),
         other => {

@@ -153,6 +153,10 @@ async fn the_api_token_never_appears_in_logs_even_at_trace() {
         "the trace log is not empty"
     );
     assert!(log.contains("TRACE"), "trace level was on");
+    assert!(
+        !log.contains('\u{1b}'),
+        "no colour codes when standard error is not a terminal"
+    );
     assert!(!log.contains(&token), "the API token leaked into the log");
     assert!(
         !log.contains(&token[8..24]),
