@@ -248,23 +248,8 @@ impl Provisioner {
                     // Enabled, if at all, when the start date comes.
                     return Ok(report);
                 }
-                match plan::rehire_step(&status) {
-                    // False when Okta says the user is already active: nothing done.
-                    Some(LifecycleStep::Activate) if self.okta.activate_user(&user.id).await? => {
-                        report
-                            .actions
-                            .push(if status == AccountStatus::Deprovisioned {
-                                Action::UserReactivated
-                            } else {
-                                Action::UserActivated
-                            });
-                    }
-                    Some(LifecycleStep::Unsuspend) => {
-                        self.okta.unsuspend_user(&user.id).await?;
-                        report.actions.push(Action::UserUnsuspended);
-                    }
-                    _ => {}
-                }
+                self.enable(&user.id, &status, plan::rehire_step(&status), &mut report)
+                    .await?;
                 Ok(report)
             }
             Err(e) => Err(e.into()),
@@ -323,23 +308,37 @@ impl Provisioner {
         };
         report.okta_user_id = Some(user.id.clone());
         let status = user.account_status();
-        match plan::activation_step(&status, user.status_changed_at(), event.occurred_at) {
-            Some(LifecycleStep::Activate) if self.okta.activate_user(&user.id).await? => {
+        let step = plan::activation_step(&status, user.status_changed_at(), event.occurred_at);
+        self.enable(&user.id, &status, step, &mut report).await?;
+        Ok(report)
+    }
+
+    /// Carries out an enabling step the plan chose for a user now in `status`.
+    async fn enable(
+        &self,
+        user_id: &str,
+        status: &AccountStatus,
+        step: Option<LifecycleStep>,
+        report: &mut Report,
+    ) -> Result<(), ProvisionError> {
+        match step {
+            // False when Okta says the user is already active: nothing done.
+            Some(LifecycleStep::Activate) if self.okta.activate_user(user_id).await? => {
                 report
                     .actions
-                    .push(if status == AccountStatus::Deprovisioned {
+                    .push(if *status == AccountStatus::Deprovisioned {
                         Action::UserReactivated
                     } else {
                         Action::UserActivated
                     });
             }
             Some(LifecycleStep::Unsuspend) => {
-                self.okta.unsuspend_user(&user.id).await?;
+                self.okta.unsuspend_user(user_id).await?;
                 report.actions.push(Action::UserUnsuspended);
             }
             _ => {}
         }
-        Ok(report)
+        Ok(())
     }
 
     async fn offboard(&self, leaver: &LeaverRef) -> Result<Report, ProvisionError> {
