@@ -6,11 +6,13 @@
 //! unfinished deliveries are left to the broker, and a new session connects with backoff
 //! and declares the topology again.
 
+use crate::amqp::intake::{Intake, LOCK_RETRY};
 use crate::amqp::publisher::{DeliveredMessage, Publisher};
 use crate::amqp::topology::{self, TopologyError, TopologyNames};
-use crate::config::Settings;
+use crate::config::{Partitioning, Settings};
 use crate::deferral::Deferral;
 use crate::domain::mapping::GroupMapping;
+use crate::domain::partition::preferred_partitions;
 use crate::health::{self, Health};
 use crate::metrics::{self, Metrics, MetricsRegistry};
 use crate::okta::groups::GroupDirectory;
@@ -22,9 +24,10 @@ use crate::sequencer::Sequencer;
 use crate::worker::{Job, Worker};
 use backon::BackoffBuilder;
 use futures_util::StreamExt;
+use lapin::message::Delivery;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
-use lapin::Connection;
+use lapin::{Channel, Connection};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -109,7 +112,12 @@ impl Application {
             settings.offboarding,
         ));
 
-        let connection = connect_and_declare(&settings.amqp_url, &settings.topology).await?;
+        let connection = connect_and_declare_partitioned(
+            &settings.amqp_url,
+            &settings.topology,
+            settings.partitioning.map(|p| p.partitions),
+        )
+        .await?;
 
         for problem in provisioner.warm_group_cache().await {
             tracing::warn!(
@@ -223,8 +231,12 @@ impl Application {
                         _ = tokio::time::sleep(delay) => {}
                         _ = stop.cancelled() => return,
                     }
-                    match connect_and_declare(&self.settings.amqp_url, &self.settings.topology)
-                        .await
+                    match connect_and_declare_partitioned(
+                        &self.settings.amqp_url,
+                        &self.settings.topology,
+                        self.settings.partitioning.map(|p| p.partitions),
+                    )
+                    .await
                     {
                         Ok(connection) => {
                             tracing::info!(
@@ -248,7 +260,13 @@ impl Application {
             self.health.set_broker_connected(true);
             reconnect_attempt = 0;
             delays = patient_backoff();
-            let end = self.run_session(&connection, &stop).await;
+            let end = match self.settings.partitioning {
+                None => self.run_session(&connection, &stop).await,
+                Some(partitioning) => {
+                    self.run_partitioned_session(&connection, &stop, partitioning)
+                        .await
+                }
+            };
             self.health.set_consuming(false);
             self.health.set_broker_connected(false);
             match end {
@@ -312,19 +330,7 @@ impl Application {
                 _ = circuit.wait_open(), if !okta_down => {}
                 next = consumer.next(), if !okta_down => match next {
                     Some(Ok(delivery)) => {
-                        let message = DeliveredMessage {
-                            exchange: delivery.exchange.to_string(),
-                            routing_key: delivery.routing_key.to_string(),
-                            properties: delivery.properties,
-                            body: delivery.data,
-                        };
-                        let sequencer = &self.sequencer;
-                        let max_body = self.settings.max_message_bytes;
-                        let job = Job::parse_bounded(message, delivery.acker, max_body, |keys| sequencer.register(keys));
-                        let worker = Arc::clone(&self.worker);
-                        let publisher = Arc::clone(&publisher);
-                        let hand_back = hand_back.clone();
-                        tasks.spawn(async move { worker.run(job, &publisher, &hand_back).await });
+                        self.start_delivery(delivery, &publisher, &hand_back, &mut tasks);
                     }
                     Some(Err(e)) => break SessionEnd::Lost(e.to_string()),
                     None => break SessionEnd::Lost("the broker cancelled the consumer".into()),
@@ -362,6 +368,240 @@ impl Application {
             tasks.detach_all();
         }
         end
+    }
+}
+
+impl Application {
+    /// Registers a delivery with the sequencer (here, in delivery order) and starts its
+    /// task.
+    fn start_delivery(
+        &self,
+        delivery: Delivery,
+        publisher: &Arc<Publisher>,
+        hand_back: &CancellationToken,
+        tasks: &mut JoinSet<()>,
+    ) {
+        let message = DeliveredMessage {
+            exchange: delivery.exchange.to_string(),
+            routing_key: delivery.routing_key.to_string(),
+            properties: delivery.properties,
+            body: delivery.data,
+        };
+        let sequencer = &self.sequencer;
+        let job = Job::parse_bounded(
+            message,
+            delivery.acker,
+            self.settings.max_message_bytes,
+            |keys| sequencer.register(keys),
+        );
+        let worker = Arc::clone(&self.worker);
+        let publisher = Arc::clone(publisher);
+        let hand_back = hand_back.clone();
+        tasks.spawn(async move { worker.run(job, &publisher, &hand_back).await });
+    }
+
+    /// Partitioned mode: one session consumes every partition queue (its preferred ones
+    /// at once, the others after the standby delay) and, when it holds the lock, runs the
+    /// intake. Partition queues have single active consumer, so this replica receives
+    /// only from the partitions it owns.
+    ///
+    /// Stopping differs from the single-queue session: consumers are not cancelled,
+    /// because cancelling the active consumer of a single-active-consumer queue lets the
+    /// next one start while this one still works on its deliveries. Instead the channels
+    /// are closed once the work in progress has finished, which hands the rest back and
+    /// the partition over in one step, in order.
+    async fn run_partitioned_session(
+        &self,
+        connection: &Connection,
+        stop: &CancellationToken,
+        partitioning: Partitioning,
+    ) -> SessionEnd {
+        let names = &self.settings.topology;
+        let preferred = preferred_partitions(partitioning.partitions, partitioning.slot);
+        let standby: Vec<u16> = (0..partitioning.partitions)
+            .filter(|p| !preferred.contains(p))
+            .collect();
+        let publisher = match Publisher::open(
+            connection,
+            &names.results_exchange,
+            &names.dead_letter_exchange,
+        )
+        .await
+        {
+            Ok(publisher) => Arc::new(publisher.with_metrics(self.worker.metrics.clone())),
+            Err(e) => return SessionEnd::Lost(e.to_string()),
+        };
+        let mut channels = Vec::new();
+        let mut consumers = futures_util::stream::SelectAll::new();
+        for &partition in &preferred {
+            match self.subscribe_partition(connection, partition).await {
+                Ok((channel, stream)) => {
+                    channels.push(channel);
+                    consumers.push(stream);
+                }
+                Err(e) => return SessionEnd::Lost(e.to_string()),
+            }
+        }
+        let intake_stop = stop.child_token();
+        // Polled by the loop below rather than spawned: it borrows the connection.
+        let intake = run_intake(
+            Intake {
+                names: names.clone(),
+                max_body_bytes: self.settings.max_message_bytes,
+            },
+            connection,
+            &intake_stop,
+        );
+        tokio::pin!(intake);
+        let mut intake_running = true;
+        self.health.set_consuming(true);
+        tracing::info!(
+            replica = partitioning.slot.index,
+            replicas = partitioning.slot.replicas,
+            preferred = ?preferred,
+            standby_in_ms = partitioning.standby_delay.as_millis() as u64,
+            concurrency = self.settings.concurrency,
+            "consuming partitions"
+        );
+
+        let hand_back = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let mut ticker = tokio::time::interval(Duration::from_secs(5));
+        let standby_timer = tokio::time::sleep(partitioning.standby_delay);
+        tokio::pin!(standby_timer);
+        let mut standby_pending = !standby.is_empty();
+        let circuit = &self.worker.circuit;
+        let end = loop {
+            let okta_down = circuit.is_open();
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => break SessionEnd::Stopped,
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                _ = ticker.tick() => self.health.tick(),
+                () = &mut intake, if intake_running => intake_running = false,
+                _ = circuit.wait_closed(), if okta_down => {}
+                _ = circuit.wait_open(), if !okta_down => {}
+                () = &mut standby_timer, if standby_pending => {
+                    standby_pending = false;
+                    let mut failed = None;
+                    for &partition in &standby {
+                        match self.subscribe_partition(connection, partition).await {
+                            Ok((channel, stream)) => {
+                                channels.push(channel);
+                                consumers.push(stream);
+                            }
+                            Err(e) => {
+                                failed = Some(e.to_string());
+                                break;
+                            }
+                        }
+                    }
+                    if let Some(reason) = failed {
+                        break SessionEnd::Lost(reason);
+                    }
+                    tracing::info!(standby = ?standby, "subscribed as standby");
+                }
+                next = consumers.next(), if !okta_down && !consumers.is_empty() => match next {
+                    Some((_, Some(Ok(delivery)))) => {
+                        self.start_delivery(delivery, &publisher, &hand_back, &mut tasks);
+                    }
+                    Some((partition, Some(Err(e)))) => {
+                        break SessionEnd::Lost(format!("partition {partition}: {e}"));
+                    }
+                    Some((partition, None)) => {
+                        break SessionEnd::Lost(format!(
+                            "the broker cancelled the consumer of partition {partition}"
+                        ));
+                    }
+                    None => {}
+                },
+            }
+        };
+
+        intake_stop.cancel();
+        if intake_running {
+            intake.await;
+        }
+        hand_back.cancel();
+        if matches!(end, SessionEnd::Stopped) {
+            let drained = tokio::time::timeout(self.settings.shutdown_timeout, async {
+                while tasks.join_next().await.is_some() {}
+            })
+            .await;
+            if drained.is_err() {
+                tracing::warn!(
+                    unfinished = tasks.len(),
+                    "shutdown timeout reached; unfinished deliveries are handed back to the broker"
+                );
+                tasks.abort_all();
+            }
+            for channel in &channels {
+                let _ = channel.close(200, "shutting down".into()).await;
+            }
+            publisher.close().await;
+        } else {
+            // Another replica takes these partitions over now: stop every task, so none
+            // of them reaches Okta after the new owner has started.
+            tasks.abort_all();
+        }
+        end
+    }
+
+    /// Subscribes to one partition on a channel of its own (closing it hands exactly
+    /// that partition back), with the consumer tag naming the replica and partition.
+    async fn subscribe_partition(
+        &self,
+        connection: &Connection,
+        partition: u16,
+    ) -> Result<(Channel, PartitionStream), lapin::Error> {
+        let channel = connection.create_channel().await?;
+        channel
+            .basic_qos(self.settings.concurrency, BasicQosOptions::default())
+            .await?;
+        let slot = self
+            .settings
+            .partitioning
+            .map(|p| p.slot.index)
+            .unwrap_or_default();
+        let consumer = channel
+            .basic_consume(
+                self.settings
+                    .topology
+                    .partition_queue(partition)
+                    .as_str()
+                    .into(),
+                format!("iam-provisioner r{slot} p{partition}").into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        // A final `None` tells the session that the broker ended this consumer.
+        let stream = consumer
+            .map(move |delivery| (partition, Some(delivery)))
+            .chain(futures_util::stream::once(async move { (partition, None) }))
+            .boxed();
+        Ok((channel, stream))
+    }
+}
+
+type PartitionStream =
+    futures_util::stream::BoxStream<'static, (u16, Option<Result<Delivery, lapin::Error>>)>;
+
+/// Runs the intake for as long as the session lasts: standing by while another replica
+/// holds the lock, starting again after a failure.
+async fn run_intake(intake: Intake, connection: &Connection, stop: &CancellationToken) {
+    loop {
+        match intake.run(connection, stop).await {
+            Ok(()) => return,
+            Err(e) => tracing::warn!(
+                error = crate::telemetry::error_chain(&e),
+                "intake stopped; unacknowledged messages return to the work queue"
+            ),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(LOCK_RETRY) => {}
+            _ = stop.cancelled() => return,
+        }
     }
 }
 
@@ -422,6 +662,20 @@ pub async fn connect_and_declare(
     amqp_url: &Secret,
     names: &TopologyNames,
 ) -> Result<Connection, StartupError> {
+    connect_and_declare_partitioned(amqp_url, names, None).await
+}
+
+/// Connects and declares the topology, with `partitions` partition queues and their
+/// exchange when partitioned.
+///
+/// # Errors
+/// [`StartupError::Broker`] or [`StartupError::Topology`] (which says so when the
+/// consistent-hash exchange plugin is not enabled).
+pub async fn connect_and_declare_partitioned(
+    amqp_url: &Secret,
+    names: &TopologyNames,
+    partitions: Option<u16>,
+) -> Result<Connection, StartupError> {
     let connection = crate::amqp::connect(amqp_url.expose(), &names.work_queue)
         .await
         .map_err(|source| StartupError::Broker {
@@ -436,6 +690,9 @@ pub async fn connect_and_declare(
             source,
         })?;
     topology::declare(&channel, names).await?;
+    if let Some(partitions) = partitions {
+        topology::declare_partitions(&channel, names, partitions).await?;
+    }
     let _ = channel.close(200, "topology declared".into()).await;
     Ok(connection)
 }

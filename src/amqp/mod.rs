@@ -1,8 +1,10 @@
 //! The RabbitMQ adapter: topology, reading deliveries, publishing outcomes and
-//! dead-letter copies with publisher confirms. Only this module knows AMQP types.
+//! dead-letter copies with publisher confirms, and partitioned mode's intake. Only this
+//! module knows AMQP types.
 
 pub mod headers;
 pub mod parking;
+pub mod intake;
 pub mod publisher;
 pub mod topology;
 pub mod trace;

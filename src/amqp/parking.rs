@@ -87,7 +87,7 @@ impl ParkingNames {
 
 fn declare_error(object: &'static str, name: &str) -> impl FnOnce(lapin::Error) -> TopologyError {
     let name = name.to_owned();
-    move |source| TopologyError {
+    move |source| TopologyError::Refused {
         object,
         name,
         source,

@@ -60,7 +60,36 @@ impl TopologyNames {
     pub fn replay_exchange(&self) -> String {
         format!("{}.replay", self.work_queue)
     }
+
+    /// Partitioned mode: the consistent-hash exchange the intake re-publishes to,
+    /// `<work queue>.partitions`.
+    pub fn partitions_exchange(&self) -> String {
+        format!("{}.partitions", self.work_queue)
+    }
+
+    /// Partitioned mode: partition queue `index`, `<work queue>.p<index>`.
+    pub fn partition_queue(&self, index: u16) -> String {
+        format!("{}.p{index}", self.work_queue)
+    }
+
+    /// Partitioned mode: the exclusive queue whose owner is the intake,
+    /// `<work queue>.intake-lock`. It lives as long as its owner's connection.
+    pub fn intake_lock_queue(&self) -> String {
+        format!("{}.intake-lock", self.work_queue)
+    }
 }
+
+/// The exchange type of the partitions exchange, from the plugin
+/// `rabbitmq_consistent_hash_exchange` (shipped with RabbitMQ, not enabled by default).
+pub const CONSISTENT_HASH_EXCHANGE: &str = "x-consistent-hash";
+
+/// The header the partitions exchange hashes (`hash-header`); the intake sets it to the
+/// employee's key, so the routing key can stay the event type.
+pub const PARTITION_KEY_HEADER: &str = "x-partition-key";
+
+/// Points on the hash ring per partition queue (the binding key of a consistent-hash
+/// binding is its weight). More points spread keys more evenly; a few dozen is plenty.
+pub const PARTITION_WEIGHT: &str = "50";
 
 /// The binding key of the work queue on the input exchange.
 pub const WORK_BINDING_KEY: &str = "employee.*";
@@ -71,14 +100,50 @@ pub const REPLAY_BINDING_KEY: &str = "#";
 
 /// Why the topology could not be declared.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "cannot declare {object} '{name}' (it may exist with other arguments; nothing was changed)"
-)]
-pub struct TopologyError {
-    pub object: &'static str,
-    pub name: String,
-    #[source]
-    pub source: lapin::Error,
+pub enum TopologyError {
+    #[error(
+        "cannot declare {object} '{name}' (it may exist with other arguments; nothing was changed)"
+    )]
+    Refused {
+        object: &'static str,
+        name: String,
+        #[source]
+        source: lapin::Error,
+    },
+    #[error(
+        "PARTITIONS is set but the broker has no exchange type '{exchange_type}': enable the \
+         plugin with `rabbitmq-plugins enable rabbitmq_consistent_hash_exchange` on every node \
+         (see the README, Scaling out)"
+    )]
+    PluginMissing {
+        exchange_type: String,
+        #[source]
+        source: lapin::Error,
+    },
+}
+
+impl TopologyError {
+    fn refused(object: &'static str, name: impl Into<String>) -> impl FnOnce(lapin::Error) -> Self {
+        let name = name.into();
+        move |source| TopologyError::Refused {
+            object,
+            name,
+            source,
+        }
+    }
+}
+
+/// Whether the broker refused an exchange declaration because it does not know the
+/// exchange type: RabbitMQ closes the connection with 503 `COMMAND_INVALID` and "invalid
+/// exchange type" (or "unknown exchange type", depending on the version).
+fn is_unknown_exchange_type(error: &lapin::Error) -> bool {
+    match error.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => {
+            let text = amqp.get_message().as_str().to_ascii_lowercase();
+            amqp.get_id() == 503 && text.contains("exchange type")
+        }
+        _ => false,
+    }
 }
 
 /// Declares every exchange, queue and binding; idempotent.
@@ -104,11 +169,7 @@ pub async fn declare(channel: &Channel, names: &TopologyNames) -> Result<(), Top
                 FieldTable::default(),
             )
             .await
-            .map_err(|source| TopologyError {
-                object: "exchange",
-                name: exchange.clone(),
-                source,
-            })?;
+            .map_err(TopologyError::refused("exchange", exchange.as_str()))?;
     }
 
     let durable_queue = QueueDeclareOptions {
@@ -124,11 +185,7 @@ pub async fn declare(channel: &Channel, names: &TopologyNames) -> Result<(), Top
             FieldTable::default(),
         )
         .await
-        .map_err(|source| TopologyError {
-            object: "queue",
-            name: names.dead_letter_queue.clone(),
-            source,
-        })?;
+        .map_err(TopologyError::refused("queue", &names.dead_letter_queue))?;
     bind(
         channel,
         &names.dead_letter_queue,
@@ -157,11 +214,7 @@ pub async fn declare(channel: &Channel, names: &TopologyNames) -> Result<(), Top
             work_arguments,
         )
         .await
-        .map_err(|source| TopologyError {
-            object: "queue",
-            name: names.work_queue.clone(),
-            source,
-        })?;
+        .map_err(TopologyError::refused("queue", &names.work_queue))?;
     bind(
         channel,
         &names.work_queue,
@@ -196,11 +249,97 @@ async fn bind(
             FieldTable::default(),
         )
         .await
-        .map_err(|source| TopologyError {
-            object: "binding of queue",
-            name: format!("{queue}' to exchange '{exchange}' with key '{key}"),
-            source,
-        })
+        .map_err(TopologyError::refused(
+            "binding of queue",
+            format!("{queue}' to exchange '{exchange}' with key '{key}"),
+        ))
+}
+
+/// Partitioned mode: declares the partitions exchange (consistent hash on
+/// [`PARTITION_KEY_HEADER`]) and `partitions` queues, each with single active consumer and
+/// dead-lettering like the work queue, bound with weight [`PARTITION_WEIGHT`]. Like
+/// [`declare`], it never deletes anything: lowering `PARTITIONS` leaves the higher queues
+/// bound (the README says how to retire them).
+///
+/// # Errors
+/// [`TopologyError::PluginMissing`] when the broker lacks the exchange type, else
+/// [`TopologyError::Refused`] for the first object the broker refused.
+pub async fn declare_partitions(
+    channel: &Channel,
+    names: &TopologyNames,
+    partitions: u16,
+) -> Result<(), TopologyError> {
+    declare_partitions_of_type(channel, names, partitions, CONSISTENT_HASH_EXCHANGE).await
+}
+
+/// [`declare_partitions`] with another exchange type; tests use a type no broker has to
+/// see the missing-plugin error without disabling the plugin on a shared broker.
+#[doc(hidden)]
+pub async fn declare_partitions_of_type(
+    channel: &Channel,
+    names: &TopologyNames,
+    partitions: u16,
+    exchange_type: &str,
+) -> Result<(), TopologyError> {
+    let exchange = names.partitions_exchange();
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "hash-header".into(),
+        AMQPValue::LongString(PARTITION_KEY_HEADER.into()),
+    );
+    channel
+        .exchange_declare(
+            exchange.as_str().into(),
+            ExchangeKind::Custom(exchange_type.to_owned()),
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            arguments,
+        )
+        .await
+        .map_err(|source| {
+            if is_unknown_exchange_type(&source) {
+                TopologyError::PluginMissing {
+                    exchange_type: exchange_type.to_owned(),
+                    source,
+                }
+            } else {
+                TopologyError::Refused {
+                    object: "exchange",
+                    name: exchange.clone(),
+                    source,
+                }
+            }
+        })?;
+    for index in 0..partitions {
+        let queue = names.partition_queue(index);
+        let mut arguments = FieldTable::default();
+        if names.queue_type == QueueType::Quorum {
+            arguments.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString("quorum".into()),
+            );
+        }
+        arguments.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+        arguments.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(names.dead_letter_exchange.as_str().into()),
+        );
+        channel
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                arguments,
+            )
+            .await
+            .map_err(TopologyError::refused("queue", &queue))?;
+        bind(channel, &queue, &exchange, PARTITION_WEIGHT).await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -218,5 +357,8 @@ mod tests {
             ..TopologyNames::prefixed("")
         };
         assert_eq!(names.replay_exchange(), "hr-sync.replay");
+        assert_eq!(names.partitions_exchange(), "hr-sync.partitions");
+        assert_eq!(names.partition_queue(3), "hr-sync.p3");
+        assert_eq!(names.intake_lock_queue(), "hr-sync.intake-lock");
     }
 }

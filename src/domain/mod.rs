@@ -6,4 +6,5 @@
 pub mod event;
 pub mod mapping;
 pub mod outcome;
+pub mod partition;
 pub mod plan;
