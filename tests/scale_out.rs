@@ -11,8 +11,9 @@ use common::*;
 use futures_util::StreamExt;
 use iam_provisioner::amqp::topology::{self, TopologyError, TopologyNames};
 use iam_provisioner::okta_sim::{Fault, FaultKind, OktaSim, SimConfig, UserStatus};
-use lapin::options::ExchangeDeleteOptions;
+use lapin::options::{BasicPublishOptions, ExchangeDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable};
+use lapin::PublisherConfirm;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -65,6 +66,7 @@ struct Cluster {
     outcomes: Consumer,
     /// Terminal outcomes heard so far, per source event id: how many, and the statuses.
     finals: HashMap<String, Vec<String>>,
+    unconfirmed: Vec<PublisherConfirm>,
     // Dropped last: the processes are gone by then.
     _exchange_cleanup: PartitionsExchangeCleanup,
     _cleanup: BrokerCleanup,
@@ -120,6 +122,7 @@ impl Cluster {
             channel,
             outcomes,
             finals: HashMap::new(),
+            unconfirmed: Vec::new(),
             _exchange_cleanup: exchange_cleanup,
             _cleanup: cleanup,
         };
@@ -174,30 +177,52 @@ impl Cluster {
         })
     }
 
-    async fn publish(&self, routing_key: &str, body: &Value) {
-        publish_to(
-            &self.channel,
-            &self.names.input_exchange,
-            routing_key,
-            body.to_string().as_bytes(),
-            event_properties(body),
-        )
-        .await;
+    /// Publishes an event as HR does, without waiting for the confirm (see [`flush`]),
+    /// so that events arrive in bursts, as they do from a real HR system.
+    async fn publish(&mut self, routing_key: &str, body: &Value) {
+        let exchange = self.names.input_exchange.clone();
+        self.publish_pipelined(&exchange, routing_key, body, event_properties(body))
+            .await;
     }
 
     /// Publishes as `iam-provisioner replay` does: to the replay exchange, with
     /// `x-replay-count`.
-    async fn publish_replay(&self, routing_key: &str, body: &Value) {
+    async fn publish_replay(&mut self, routing_key: &str, body: &Value) {
         let mut headers = FieldTable::default();
         headers.insert("x-replay-count".into(), AMQPValue::LongLongInt(1));
-        publish_to(
-            &self.channel,
-            &self.names.replay_exchange(),
-            routing_key,
-            body.to_string().as_bytes(),
-            event_properties(body).with_headers(headers),
-        )
-        .await;
+        let exchange = self.names.replay_exchange();
+        let properties = event_properties(body).with_headers(headers);
+        self.publish_pipelined(&exchange, routing_key, body, properties)
+            .await;
+    }
+
+    async fn publish_pipelined(
+        &mut self,
+        exchange: &str,
+        routing_key: &str,
+        body: &Value,
+        properties: BasicProperties,
+    ) {
+        let confirm = self
+            .channel
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                body.to_string().as_bytes(),
+                properties,
+            )
+            .await
+            .expect("publish");
+        self.unconfirmed.push(confirm);
+    }
+
+    /// Waits for the broker's confirm of everything published.
+    async fn flush(&mut self) {
+        for confirm in self.unconfirmed.drain(..) {
+            let confirmation = confirm.await.expect("confirm");
+            assert!(confirmation.is_ack(), "broker confirmed the test's publish");
+        }
     }
 
     /// Takes in every outcome already delivered to the test.
@@ -345,7 +370,7 @@ fn event_body(event_id: &str, employee: &str, email: &str, groups: &[&str]) -> V
 /// right after the next employee's hire, so neighbours' events interleave. Returns the
 /// event ids and the emails.
 async fn publish_hires_and_removals(
-    cluster: &Cluster,
+    cluster: &mut Cluster,
     label: &str,
     count: usize,
     mut after_each: impl FnMut(usize),
@@ -376,6 +401,7 @@ async fn publish_hires_and_removals(
         }
         after_each(i);
     }
+    cluster.flush().await;
     (ids, emails)
 }
 
@@ -404,7 +430,7 @@ async fn hires_then_removals_of_100_employees_end_deprovisioned_across_three_rep
     println!("partition owners with 3 replicas up: {owners:?}; partitions per replica: {counts:?}");
     assert_eq!(owners.len(), 6, "every partition has an active consumer");
 
-    let (ids, emails) = publish_hires_and_removals(&cluster, "ORD", 100, |_| {}).await;
+    let (ids, emails) = publish_hires_and_removals(&mut cluster, "ORD", 100, |_| {}).await;
     cluster.wait_finals(&ids, Duration::from_secs(120)).await;
     assert_all_deprovisioned(&cluster, &emails).await;
     let failed: Vec<(&String, &Vec<String>)> = cluster
@@ -430,10 +456,12 @@ async fn killing_the_intake_replica_mid_run_loses_nothing_and_its_partitions_are
     println!("owners before the kill: {before:?}; killing replica {victim}");
 
     // Half the events, then the kill while they are being processed, then the rest.
-    let (mut ids, mut emails) = publish_hires_and_removals(&cluster, "KILL-A", 50, |_| {}).await;
+    let (mut ids, mut emails) =
+        publish_hires_and_removals(&mut cluster, "KILL-A", 50, |_| {}).await;
     cluster.collect_outcomes(Duration::from_millis(300)).await;
     cluster.kill(victim);
-    let (more_ids, more_emails) = publish_hires_and_removals(&cluster, "KILL-B", 50, |_| {}).await;
+    let (more_ids, more_emails) =
+        publish_hires_and_removals(&mut cluster, "KILL-B", 50, |_| {}).await;
     ids.extend(more_ids);
     emails.extend(more_emails);
 
@@ -669,6 +697,7 @@ async fn run_sequence(cluster: &mut Cluster, seq: usize, seed: u64, run: &str) -
         }
     }
 
+    cluster.flush().await;
     // Done when nothing is left to process and Okta says what the model says.
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
@@ -777,6 +806,7 @@ async fn throughput_of_one_two_and_three_replicas() {
             cluster.publish("employee.added", &body).await;
             ids.push(id);
         }
+        cluster.flush().await;
         let started = Instant::now();
         for index in 0..replicas {
             let process = {
