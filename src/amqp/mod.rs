@@ -3,8 +3,8 @@
 //! module knows AMQP types.
 
 pub mod headers;
-pub mod parking;
 pub mod intake;
+pub mod parking;
 pub mod publisher;
 pub mod topology;
 pub mod trace;
