@@ -4,6 +4,8 @@
 //! requests into calls on [`Directory`] and its [`ApiError`]s into Okta error bodies,
 //! so lifecycle and validation rules can be read (and changed) in one place.
 
+use std::collections::{BTreeSet, HashMap, HashSet};
+
 use serde_json::{json, Map, Value};
 use time::OffsetDateTime;
 
@@ -160,6 +162,9 @@ pub struct NewUser {
 
 /// The whole fake org. Users and groups are kept in creation order, which is the
 /// order listings return them in.
+///
+/// Users are only added, changed and removed through `Directory`'s methods, which keep
+/// `index` and `member_set` in step; readers may walk `users` and `memberships` freely.
 #[derive(Debug, Default)]
 pub struct Directory {
     pub users: Vec<User>,
@@ -167,6 +172,58 @@ pub struct Directory {
     /// (group id, user id), in the order the memberships were made.
     pub memberships: Vec<(String, String)>,
     next_seq: u64,
+    index: UserIndex,
+    /// The pairs of `memberships`, for constant-time "already a member?".
+    member_set: HashSet<(String, String)>,
+}
+
+/// Lookups of users by id and by login without walking every user: benchmarks create
+/// tens of thousands, and a linear scan per request (under the store's one lock) made
+/// the fake, not the service, the bottleneck.
+#[derive(Debug, Default)]
+struct UserIndex {
+    /// id → seq.
+    by_id: HashMap<String, u64>,
+    /// Login in ASCII lower case (Okta compares logins ignoring case) → the seqs of the
+    /// users with it; seeding may create duplicates, and the first created wins.
+    by_login: HashMap<String, BTreeSet<u64>>,
+}
+
+impl UserIndex {
+    fn add(&mut self, user: &User) {
+        self.by_id.insert(user.id.clone(), user.seq);
+        self.add_login(user.login(), user.seq);
+    }
+
+    fn remove(&mut self, user: &User) {
+        self.by_id.remove(&user.id);
+        self.remove_login(user.login(), user.seq);
+    }
+
+    fn add_login(&mut self, login: &str, seq: u64) {
+        self.by_login
+            .entry(login.to_ascii_lowercase())
+            .or_default()
+            .insert(seq);
+    }
+
+    fn remove_login(&mut self, login: &str, seq: u64) {
+        let key = login.to_ascii_lowercase();
+        if let Some(seqs) = self.by_login.get_mut(&key) {
+            seqs.remove(&seq);
+            if seqs.is_empty() {
+                self.by_login.remove(&key);
+            }
+        }
+    }
+
+    fn with_login(&self, login: &str) -> impl Iterator<Item = u64> + '_ {
+        self.by_login
+            .get(&login.to_ascii_lowercase())
+            .into_iter()
+            .flatten()
+            .copied()
+    }
 }
 
 /// RFC 3339 in UTC with milliseconds, as Okta writes every timestamp.
@@ -268,26 +325,37 @@ impl Directory {
     fn fresh_id(&self, prefix: &str) -> String {
         loop {
             let id = format!("{prefix}{}", random_token(17));
-            if !self.users.iter().any(|u| u.id == id) && !self.groups.iter().any(|g| g.id == id) {
+            if !self.index.by_id.contains_key(&id) && !self.groups.iter().any(|g| g.id == id) {
                 return id;
             }
         }
     }
 
+    /// Where the user with `seq` is in `users` (kept in seq order: users are only ever
+    /// appended, and removal keeps the order).
+    fn position(&self, seq: u64) -> Option<usize> {
+        self.users.binary_search_by_key(&seq, |u| u.seq).ok()
+    }
+
+    /// The seq of the user with this id, else of the first created with this login.
+    fn seq_of(&self, id_or_login: &str) -> Option<u64> {
+        self.index
+            .by_id
+            .get(id_or_login)
+            .copied()
+            .or_else(|| self.index.with_login(id_or_login).next())
+    }
+
     /// A user by id, or by login ignoring case.
     pub fn find_user(&self, id_or_login: &str) -> Option<&User> {
-        self.users.iter().find(|u| u.id == id_or_login).or_else(|| {
-            self.users
-                .iter()
-                .find(|u| u.login().eq_ignore_ascii_case(id_or_login))
-        })
+        let position = self.position(self.seq_of(id_or_login)?)?;
+        self.users.get(position)
     }
 
     fn user_mut(&mut self, id_or_login: &str) -> Result<&mut User, ApiError> {
         let index = self
-            .find_user(id_or_login)
-            .map(|found| found.seq)
-            .and_then(|seq| self.users.iter().position(|u| u.seq == seq))
+            .seq_of(id_or_login)
+            .and_then(|seq| self.position(seq))
             .ok_or_else(|| ApiError::not_found(id_or_login, "User"))?;
         Ok(&mut self.users[index])
     }
@@ -297,9 +365,8 @@ impl Directory {
     }
 
     fn login_taken(&self, login: &str, except_id: Option<&str>) -> bool {
-        self.users
-            .iter()
-            .any(|u| u.login().eq_ignore_ascii_case(login) && Some(u.id.as_str()) != except_id)
+        let except = except_id.and_then(|id| self.index.by_id.get(id).copied());
+        self.index.with_login(login).any(|seq| Some(seq) != except)
     }
 
     /// Adds a user as it is, stamping `activated` and `statusChanged` unless STAGED.
@@ -309,7 +376,7 @@ impl Directory {
         let id = self.fresh_id("00u");
         let seq = self.next_seq();
         let stamped = (status != UserStatus::Staged).then_some(now);
-        self.users.push(User {
+        let user = User {
             seq,
             id: id.clone(),
             status,
@@ -321,7 +388,9 @@ impl Directory {
             has_password: false,
             profile,
             sessions_revoked: 0,
-        });
+        };
+        self.index.add(&user);
+        self.users.push(user);
         id
     }
 
@@ -396,14 +465,22 @@ impl Directory {
             return Err(duplicate_login());
         }
         let now = OffsetDateTime::now_utc();
-        let user = self.user_mut(id_or_login)?;
+        let position = self
+            .seq_of(id_or_login)
+            .and_then(|seq| self.position(seq))
+            .ok_or_else(|| ApiError::not_found(id_or_login, "User"))?;
+        let user = &mut self.users[position];
+        let old_login = user.login().to_owned();
         user.profile = profile;
         user.last_updated = now;
         if password {
             user.has_password = true;
             user.password_changed = Some(now);
         }
-        Ok(user)
+        let (seq, new_login) = (user.seq, user.login().to_owned());
+        self.index.remove_login(&old_login, seq);
+        self.index.add_login(&new_login, seq);
+        Ok(&self.users[position])
     }
 
     /// Sets a status directly (test helper), stamping `statusChanged`.
@@ -484,9 +561,13 @@ impl Directory {
             user.has_password = false;
             return Ok(());
         }
-        let id = user.id.clone();
-        self.users.retain(|u| u.id != id);
+        let (id, seq) = (user.id.clone(), user.seq);
+        if let Some(position) = self.position(seq) {
+            let removed = self.users.remove(position);
+            self.index.remove(&removed);
+        }
         self.memberships.retain(|(_, member)| *member != id);
+        self.member_set.retain(|(_, member)| *member != id);
         Ok(())
     }
 
@@ -526,7 +607,7 @@ impl Directory {
             return false;
         };
         let pair = (group.id.clone(), user_id);
-        if !self.memberships.contains(&pair) {
+        if self.member_set.insert(pair.clone()) {
             group.last_membership_updated = OffsetDateTime::now_utc();
             self.memberships.push(pair);
         }
@@ -558,6 +639,8 @@ impl Directory {
             let before = self.memberships.len();
             self.memberships
                 .retain(|(g, u)| !(g == group_id && *u == user_id));
+            self.member_set
+                .remove(&(group_id.to_owned(), user_id.clone()));
             if self.memberships.len() != before {
                 if let Some(group) = self.groups.iter_mut().find(|g| g.id == group_id) {
                     group.last_membership_updated = OffsetDateTime::now_utc();
@@ -630,4 +713,89 @@ pub fn group_json(group: &Group, origin: &str) -> Value {
         "profile": {"name": group.name, "description": group.description},
         "_links": {"self": {"href": href}, "users": {"href": format!("{href}/users")}},
     })
+}
+
+#[cfg(test)]
+mod index_tests {
+    //! The lookup index must answer exactly as a walk over `users` would.
+
+    use super::*;
+
+    fn profile(login: &str) -> Map<String, Value> {
+        let value = json!({"login": login, "email": login, "firstName": "A", "lastName": "B"});
+        match value {
+            Value::Object(map) => map,
+            _ => Map::new(),
+        }
+    }
+
+    fn create(directory: &mut Directory, login: &str) -> String {
+        let new = NewUser {
+            profile: profile(login),
+            group_ids: vec![],
+            password: false,
+            activate: true,
+        };
+        directory.create_user(new).expect("created").id.clone()
+    }
+
+    #[test]
+    fn a_changed_login_is_found_under_the_new_one_only() {
+        let mut directory = Directory::default();
+        let id = create(&mut directory, "old@example.com");
+        let mut changes = Map::new();
+        changes.insert("login".into(), json!("New@Example.com"));
+        directory
+            .update_profile("OLD@example.com", changes, false, false)
+            .expect("updated");
+        assert_eq!(
+            directory.find_user("new@example.com").map(|u| &u.id),
+            Some(&id)
+        );
+        assert!(directory.find_user("old@example.com").is_none());
+        assert!(directory.login_taken("NEW@example.com", None));
+        assert!(!directory.login_taken("new@example.com", Some(&id)));
+        let other = create(&mut directory, "old@example.com");
+        assert_eq!(
+            directory.find_user("old@example.com").map(|u| &u.id),
+            Some(&other)
+        );
+    }
+
+    #[test]
+    fn with_seeded_duplicate_logins_the_first_created_wins_until_deleted() {
+        let mut directory = Directory::default();
+        let first = directory.insert_user(profile("dup@example.com"), UserStatus::Active);
+        let second = directory.insert_user(profile("DUP@example.com"), UserStatus::Active);
+        assert_eq!(
+            directory.find_user("dup@example.com").map(|u| &u.id),
+            Some(&first)
+        );
+        directory.delete_user(&first).expect("deactivated");
+        directory.delete_user(&first).expect("deleted");
+        assert!(directory.find_user(&first).is_none());
+        assert_eq!(
+            directory.find_user("dup@example.com").map(|u| &u.id),
+            Some(&second)
+        );
+        assert_eq!(directory.find_user(&second).map(|u| &u.id), Some(&second));
+    }
+
+    #[test]
+    fn a_removed_membership_can_be_made_again() {
+        let mut directory = Directory::default();
+        let group = directory.insert_group("Sales", GroupType::OktaGroup, None);
+        let user = create(&mut directory, "m@example.com");
+        assert!(directory.add_member(&group, &user));
+        assert!(directory.add_member(&group, &user));
+        assert_eq!(directory.memberships.len(), 1, "no duplicate membership");
+        directory
+            .change_membership(&group, &user, false)
+            .expect("removed");
+        assert!(directory.groups_of(&user).is_empty());
+        directory
+            .change_membership(&group, &user, true)
+            .expect("added again");
+        assert_eq!(directory.groups_of(&user).len(), 1);
+    }
 }
