@@ -77,6 +77,14 @@ impl TopologyNames {
     pub fn intake_lock_queue(&self) -> String {
         format!("{}.intake-lock", self.work_queue)
     }
+
+    /// The leavers lane: `<work queue>.leavers`, a second queue bound to the input
+    /// exchange for `employee.removed` only, so that a removal never waits behind a
+    /// backlog of hires. The work queue keeps its `employee.*` binding (contract §1), so
+    /// every removal published there is in both queues; see `crate::lanes`.
+    pub fn leavers_queue(&self) -> String {
+        format!("{}.leavers", self.work_queue)
+    }
 }
 
 /// The exchange type of the partitions exchange, from the plugin
@@ -93,6 +101,9 @@ pub const PARTITION_WEIGHT: &str = "50";
 
 /// The binding key of the work queue on the input exchange.
 pub const WORK_BINDING_KEY: &str = "employee.*";
+
+/// The binding key of the leavers queue on the input exchange.
+pub const LEAVERS_BINDING_KEY: &str = "employee.removed";
 
 /// The binding key of the work queue on the replay exchange: everything, because the
 /// operator chose what to replay and the worker judges the routing key itself.
@@ -207,14 +218,13 @@ pub async fn declare(channel: &Channel, names: &TopologyNames) -> Result<(), Top
         "x-dead-letter-exchange".into(),
         AMQPValue::LongString(names.dead_letter_exchange.as_str().into()),
     );
-    channel
-        .queue_declare(
-            names.work_queue.as_str().into(),
-            durable_queue,
-            work_arguments,
-        )
-        .await
-        .map_err(TopologyError::refused("queue", &names.work_queue))?;
+    // The leavers queue has the work queue's arguments: same type, same dead-lettering.
+    for queue in [names.work_queue.clone(), names.leavers_queue()] {
+        channel
+            .queue_declare(queue.as_str().into(), durable_queue, work_arguments.clone())
+            .await
+            .map_err(TopologyError::refused("queue", &queue))?;
+    }
     bind(
         channel,
         &names.work_queue,
@@ -227,6 +237,14 @@ pub async fn declare(channel: &Channel, names: &TopologyNames) -> Result<(), Top
         &names.work_queue,
         &names.replay_exchange(),
         REPLAY_BINDING_KEY,
+    )
+    .await?;
+    // Replays go to the work queue alone (above): a replayed removal has no twin.
+    bind(
+        channel,
+        &names.leavers_queue(),
+        &names.input_exchange,
+        LEAVERS_BINDING_KEY,
     )
     .await?;
     // Delay queues, the hold queue and the way back into the work queue.
@@ -360,5 +378,6 @@ mod tests {
         assert_eq!(names.partitions_exchange(), "hr-sync.partitions");
         assert_eq!(names.partition_queue(3), "hr-sync.p3");
         assert_eq!(names.intake_lock_queue(), "hr-sync.intake-lock");
+        assert_eq!(names.leavers_queue(), "hr-sync.leavers");
     }
 }

@@ -66,7 +66,8 @@ impl Drop for BrokerCleanup {
     fn drop(&mut self) {
         let names = self.names.clone();
         let replay_exchange = names.replay_exchange();
-        let extra = std::mem::take(&mut self.extra_queues);
+        let mut extra = std::mem::take(&mut self.extra_queues);
+        extra.push(names.leavers_queue());
         // Drop cannot await; a short-lived runtime on its own thread does the deleting.
         let _ = std::thread::spawn(move || {
             let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
