@@ -11,6 +11,7 @@ pub mod domain;
 pub mod guard;
 pub mod health;
 pub mod held;
+pub mod lanes;
 pub mod mapping_check;
 pub mod mapping_reload;
 pub mod metrics;
