@@ -14,6 +14,7 @@ use crate::deferral::Deferral;
 use crate::domain::mapping::GroupMapping;
 use crate::domain::partition::preferred_partitions;
 use crate::health::{self, Health};
+use crate::lanes::{Lane, Lanes};
 use crate::metrics::{self, Metrics, MetricsRegistry};
 use crate::okta::groups::GroupDirectory;
 use crate::okta::{OktaAuth, OktaClient};
@@ -158,6 +159,7 @@ impl Application {
                     settings.offboarding_guard,
                     settings.dry_run,
                 ),
+                lanes: Lanes::new(&settings.topology.input_exchange),
             }),
             settings,
             health,
@@ -285,10 +287,6 @@ impl Application {
     async fn run_session(&self, connection: &Connection, stop: &CancellationToken) -> SessionEnd {
         let names = &self.settings.topology;
         let setup = async {
-            let channel = connection.create_channel().await?;
-            channel
-                .basic_qos(self.settings.concurrency, BasicQosOptions::default())
-                .await?;
             let publisher = Publisher::open(
                 connection,
                 &names.results_exchange,
@@ -296,22 +294,27 @@ impl Application {
             )
             .await?
             .with_metrics(self.worker.metrics.clone());
-            let consumer = channel
-                .basic_consume(
-                    names.work_queue.as_str().into(),
-                    "".into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
+            // One channel per lane, each with its own prefetch: the leavers lane's few
+            // slots are never taken by hires.
+            let work = self
+                .consume(connection, &names.work_queue, self.settings.concurrency)
                 .await?;
-            Ok::<_, lapin::Error>((channel, Arc::new(publisher), consumer))
+            let leavers = self.consume_leavers(connection).await?;
+            Ok::<_, lapin::Error>((Arc::new(publisher), work, leavers))
         };
-        let (channel, publisher, mut consumer) = match setup.await {
+        let (publisher, (channel, mut consumer), (leavers_channel, mut leavers)) = match setup.await
+        {
             Ok(parts) => parts,
             Err(e) => return SessionEnd::Lost(e.to_string()),
         };
         self.health.set_consuming(true);
-        tracing::info!(queue = %names.work_queue, concurrency = self.settings.concurrency, "consuming");
+        tracing::info!(
+            queue = %names.work_queue,
+            concurrency = self.settings.concurrency,
+            leavers_queue = %names.leavers_queue(),
+            leaver_concurrency = self.settings.leaver_concurrency,
+            "consuming"
+        );
 
         let hand_back = CancellationToken::new();
         let mut tasks = JoinSet::new();
@@ -321,20 +324,31 @@ impl Application {
             // While Okta is down no new delivery is taken: they stay in the queue (or
             // in the prefetch), for this replica or another, until Okta answers again.
             let okta_down = circuit.is_open();
-            tokio::select! {
+            // Biased: a removal waiting in the leavers lane is taken before the next hire.
+            let (next, lane) = tokio::select! {
                 biased;
                 _ = stop.cancelled() => break SessionEnd::Stopped,
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-                _ = ticker.tick() => self.health.tick(),
-                _ = circuit.wait_closed(), if okta_down => {}
-                _ = circuit.wait_open(), if !okta_down => {}
-                next = consumer.next(), if !okta_down => match next {
-                    Some(Ok(delivery)) => {
-                        self.start_delivery(delivery, &publisher, &hand_back, &mut tasks);
-                    }
-                    Some(Err(e)) => break SessionEnd::Lost(e.to_string()),
-                    None => break SessionEnd::Lost("the broker cancelled the consumer".into()),
-                },
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+                _ = ticker.tick() => {
+                    self.health.tick();
+                    continue;
+                }
+                _ = circuit.wait_closed(), if okta_down => continue,
+                _ = circuit.wait_open(), if !okta_down => continue,
+                next = leavers.next(), if !okta_down => (next, Lane::Leavers),
+                next = consumer.next(), if !okta_down => (next, Lane::Work),
+            };
+            match next {
+                Some(Ok(delivery)) => {
+                    self.start_delivery(delivery, lane, &publisher, &hand_back, &mut tasks);
+                }
+                Some(Err(e)) => break SessionEnd::Lost(e.to_string()),
+                None => {
+                    break SessionEnd::Lost(format!(
+                        "the broker cancelled the consumer of the {} lane",
+                        lane.as_str()
+                    ))
+                }
             }
         };
 
@@ -343,6 +357,9 @@ impl Application {
             // to the queue when the channel closes.
             let _ = channel
                 .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+                .await;
+            let _ = leavers_channel
+                .basic_cancel(leavers.tag(), BasicCancelOptions::default())
                 .await;
             // Waiting work (a backoff, a turn) is handed back at once; work talking to
             // Okta is given the shutdown timeout to finish.
@@ -360,6 +377,7 @@ impl Application {
             }
             // Closing the channels returns whatever was not acknowledged to the queue.
             let _ = channel.close(200, "shutting down".into()).await;
+            let _ = leavers_channel.close(200, "shutting down".into()).await;
             publisher.close().await;
         } else {
             // The broker has already requeued everything unacknowledged; the tasks can
@@ -372,11 +390,44 @@ impl Application {
 }
 
 impl Application {
-    /// Registers a delivery with the sequencer (here, in delivery order) and starts its
-    /// task.
+    /// Opens a channel with `prefetch` and consumes `queue` on it.
+    async fn consume(
+        &self,
+        connection: &Connection,
+        queue: &str,
+        prefetch: u16,
+    ) -> Result<(Channel, lapin::Consumer), lapin::Error> {
+        let channel = connection.create_channel().await?;
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await?;
+        let consumer = channel
+            .basic_consume(
+                queue.into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok((channel, consumer))
+    }
+
+    /// The leavers lane's channel and consumer (`LEAVER_CONCURRENCY` is its prefetch).
+    async fn consume_leavers(
+        &self,
+        connection: &Connection,
+    ) -> Result<(Channel, lapin::Consumer), lapin::Error> {
+        let queue = self.settings.topology.leavers_queue();
+        self.consume(connection, &queue, self.settings.leaver_concurrency)
+            .await
+    }
+
+    /// Registers a delivery with the sequencer (here, in delivery order; both lanes share
+    /// one) and starts its task.
     fn start_delivery(
         &self,
         delivery: Delivery,
+        lane: Lane,
         publisher: &Arc<Publisher>,
         hand_back: &CancellationToken,
         tasks: &mut JoinSet<()>,
@@ -393,7 +444,8 @@ impl Application {
             delivery.acker,
             self.settings.max_message_bytes,
             |keys| sequencer.register(keys),
-        );
+        )
+        .in_lane(lane);
         let worker = Arc::clone(&self.worker);
         let publisher = Arc::clone(publisher);
         let hand_back = hand_back.clone();
@@ -431,7 +483,13 @@ impl Application {
             Ok(publisher) => Arc::new(publisher.with_metrics(self.worker.metrics.clone())),
             Err(e) => return SessionEnd::Lost(e.to_string()),
         };
-        let mut channels = Vec::new();
+        // The leavers queue is declared in every mode; partitioned, its copies are only
+        // acknowledged (their twins come through the partitions, in order).
+        let (leavers_channel, mut leavers) = match self.consume_leavers(connection).await {
+            Ok(parts) => parts,
+            Err(e) => return SessionEnd::Lost(e.to_string()),
+        };
+        let mut channels = vec![leavers_channel];
         let mut consumers = futures_util::stream::SelectAll::new();
         for &partition in &preferred {
             match self.subscribe_partition(connection, partition).await {
@@ -501,9 +559,20 @@ impl Application {
                     }
                     tracing::info!(standby = ?standby, "subscribed as standby");
                 }
+                next = leavers.next(), if !okta_down => match next {
+                    Some(Ok(delivery)) => {
+                        self.start_delivery(delivery, Lane::Leavers, &publisher, &hand_back, &mut tasks);
+                    }
+                    Some(Err(e)) => break SessionEnd::Lost(format!("leavers lane: {e}")),
+                    None => {
+                        break SessionEnd::Lost(
+                            "the broker cancelled the consumer of the leavers lane".into(),
+                        );
+                    }
+                },
                 next = consumers.next(), if !okta_down && !consumers.is_empty() => match next {
                     Some((_, Some(Ok(delivery)))) => {
-                        self.start_delivery(delivery, &publisher, &hand_back, &mut tasks);
+                        self.start_delivery(delivery, Lane::Work, &publisher, &hand_back, &mut tasks);
                     }
                     Some((partition, Some(Err(e)))) => {
                         break SessionEnd::Lost(format!("partition {partition}: {e}"));

@@ -44,6 +44,7 @@ struct RawEnv {
     group_mapping: Option<String>,
     offboarding_mode: Option<String>,
     concurrency: Option<u16>,
+    leaver_concurrency: Option<u16>,
     max_attempts: Option<u32>,
     retry_base_delay_ms: Option<u64>,
     retry_max_delay_ms: Option<u64>,
@@ -188,6 +189,9 @@ pub struct Settings {
     pub topology: TopologyNames,
     /// Deliveries processed at once; also the prefetch.
     pub concurrency: u16,
+    /// Removals processed at once from the leavers lane (`<work queue>.leavers`), on
+    /// top of `concurrency`; also that queue's prefetch.
+    pub leaver_concurrency: u16,
     pub retry: RetryPolicy,
     /// Address of /healthz, /readyz and /metrics.
     pub http_listen: SocketAddr,
@@ -295,6 +299,10 @@ impl Settings {
         if concurrency == 0 {
             return Err(invalid("CONCURRENCY", "must be at least 1"));
         }
+        let leaver_concurrency = raw.leaver_concurrency.unwrap_or(8);
+        if leaver_concurrency == 0 {
+            return Err(invalid("LEAVER_CONCURRENCY", "must be at least 1"));
+        }
         let max_attempts = raw.max_attempts.unwrap_or(5);
         if max_attempts == 0 {
             return Err(invalid("MAX_ATTEMPTS", "must be at least 1"));
@@ -370,6 +378,7 @@ impl Settings {
             offboarding,
             topology,
             concurrency,
+            leaver_concurrency,
             retry,
             http_listen,
             shutdown_timeout: Duration::from_secs(raw.shutdown_timeout_secs.unwrap_or(25)),
@@ -715,6 +724,8 @@ mod tests {
             (with(("OFFBOARDING_MODE", "archive")), "OFFBOARDING_MODE"),
             (with(("CONCURRENCY", "lots")), "CONCURRENCY"),
             (with(("CONCURRENCY", "0")), "CONCURRENCY"),
+            (with(("LEAVER_CONCURRENCY", "0")), "LEAVER_CONCURRENCY"),
+            (with(("LEAVER_CONCURRENCY", "many")), "LEAVER_CONCURRENCY"),
             (with(("MAX_ATTEMPTS", "0")), "MAX_ATTEMPTS"),
             (with(("GROUP_MAPPING", "{oops")), "GROUP_MAPPING"),
             (

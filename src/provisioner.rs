@@ -52,6 +52,10 @@ pub struct DeliveryFacts {
     pub replay_count: u32,
     /// Why the event runs now (see `deferral.rs`).
     pub purpose: Purpose,
+    /// A hire published before a removal of the same employee that has already been
+    /// carried out (the leavers lane overtook it, see `crate::lanes`): the account must
+    /// end offboarded, as publication order leaves it, and never be enabled on the way.
+    pub overtaken_by_removal: bool,
 }
 
 /// Why an event runs now; only hires tell these apart.
@@ -200,11 +204,16 @@ impl Provisioner {
         };
         let (on_create, later) = desired.split_at(desired.len().min(MAX_GROUPS_ON_CREATE));
         let ids: Vec<String> = on_create.iter().map(|g| g.id.clone()).collect();
-        // Before the start date the account exists, with its groups, but is not enabled.
+        // Before the start date the account exists, with its groups, but is not enabled;
+        // overtaken by its removal, it is created STAGED (never enabled), then offboarded.
         let staging = matches!(facts.purpose, Purpose::Stage { .. });
         match self
             .okta
-            .create_user(&okta_profile(record), &ids, !staging)
+            .create_user(
+                &okta_profile(record),
+                &ids,
+                !staging && !facts.overtaken_by_removal,
+            )
             .await
         {
             Ok(user) => {
@@ -220,7 +229,10 @@ impl Provisioner {
                         .actions
                         .push(Action::GroupAssigned(group.name.clone()));
                 }
-                report.okta_user_id = Some(user.id);
+                report.okta_user_id = Some(user.id.clone());
+                if facts.overtaken_by_removal {
+                    self.apply_offboarding(&user, &mut report).await?;
+                }
                 Ok(report)
             }
             Err(e) if e.is_duplicate_login() => {
@@ -243,6 +255,10 @@ impl Provisioner {
                 // a previous job's groups.
                 self.sync_membership(&user, &desired, &mut report).await?;
                 self.sync_profile(&user, record, &mut report).await?;
+                if facts.overtaken_by_removal {
+                    self.apply_offboarding(&user, &mut report).await?;
+                    return Ok(report);
+                }
                 let status = user.account_status();
                 if staging {
                     // Enabled, if at all, when the start date comes.
@@ -347,6 +363,16 @@ impl Provisioner {
             return Ok(report);
         };
         report.okta_user_id = Some(user.id.clone());
+        self.apply_offboarding(&user, &mut report).await?;
+        Ok(report)
+    }
+
+    /// Takes a found user to the offboarding mode's target state.
+    async fn apply_offboarding(
+        &self,
+        user: &OktaUser,
+        report: &mut Report,
+    ) -> Result<(), ProvisionError> {
         for step in plan::offboarding_steps(&user.account_status(), self.offboarding) {
             match step {
                 LifecycleStep::RevokeSessions => {
@@ -370,7 +396,7 @@ impl Provisioner {
                 LifecycleStep::Activate | LifecycleStep::Unsuspend => {}
             }
         }
-        Ok(report)
+        Ok(())
     }
 
     /// Finds a user by login (email) first, else by `profile.employeeNumber`.

@@ -14,6 +14,7 @@ use crate::domain::event::{
     DEFAULT_MAX_MESSAGE_BYTES,
 };
 use crate::domain::outcome::{ErrorKind, Failure, Outcome, OutcomeStatus};
+use crate::lanes::{Admission, Lane, Lanes, Settlement};
 use crate::metrics::Metrics;
 use crate::okta::OktaError;
 use crate::outage::OktaCircuit;
@@ -38,6 +39,8 @@ pub struct Worker {
     pub metrics: Metrics,
     /// Parks future-dated events and holds removals over the offboarding guard.
     pub deferral: Deferral,
+    /// What the work and leavers lanes know of each other's removals.
+    pub lanes: Lanes,
 }
 
 /// What to do after a failed attempt.
@@ -57,6 +60,8 @@ pub struct Job {
     pub acker: Acker,
     pub parsed: Result<HrEvent, (ValidationError, ValidationContext)>,
     pub turn: Turn,
+    /// The queue it came from; [`Lane::Work`] unless the consumer loop says otherwise.
+    pub lane: Lane,
 }
 
 impl Job {
@@ -99,6 +104,7 @@ impl Job {
             acker,
             parsed,
             turn,
+            lane: Lane::Work,
         }
     }
 
@@ -116,6 +122,17 @@ impl Job {
                 .map(|m| m.as_str())
         })
     }
+
+    /// The same job, from another lane.
+    pub fn in_lane(self, lane: Lane) -> Self {
+        Self { lane, ..self }
+    }
+}
+
+/// How a delivery that was carried out ended, once its outcome was confirmed.
+enum Finished {
+    Succeeded,
+    Failed,
 }
 
 /// Why a delivery was left unacknowledged.
@@ -137,7 +154,16 @@ impl Worker {
     async fn process(&self, mut job: Job, publisher: &Publisher, hand_back: &CancellationToken) {
         let timer = self.metrics.delivery_received(&job.message.routing_key);
         let event_type = printable(&job.message.routing_key);
+        let (exchange, routing_key) = (&job.message.exchange, &job.message.routing_key);
         let result = match job.parsed {
+            Err(_)
+                if self
+                    .lanes
+                    .leave_invalid_to_work_lane(job.lane, exchange, routing_key) =>
+            {
+                tracing::debug!(event_type, "invalid removal left to the work lane's copy");
+                Ok(())
+            }
             Err((ref error, ref context)) => {
                 self.reject_invalid(&job.message, error, context, publisher)
                     .await
@@ -147,19 +173,63 @@ impl Worker {
                     _ = job.turn.wait() => {}
                     _ = hand_back.cancelled() => return,
                 }
-                match self.deferral.gate(event, &job.message, publisher).await {
-                    Ok(Gate::Provision(purpose)) => {
-                        self.provision_with_retries(
-                            event,
-                            &job.message,
-                            publisher,
-                            hand_back,
-                            purpose,
-                        )
-                        .await
+                match self.lanes.admit(job.lane, exchange, routing_key, event) {
+                    Admission::TwinSettled => {
+                        tracing::debug!(
+                            event_id = event.event_id.as_str(),
+                            lane = job.lane.as_str(),
+                            "removal already settled by its copy in the other lane"
+                        );
+                        Ok(())
                     }
-                    Ok(Gate::Deferred) => Ok(()),
-                    Err(e) => Err(Abandoned::Publish(e)),
+                    admission => {
+                        let overtaken = admission == Admission::OvertakenByRemoval;
+                        if overtaken {
+                            tracing::info!(
+                                event_id = event.event_id.as_str(),
+                                event_type = %event.event_type(),
+                                "a removal published after this hire was already carried \
+                                 out; the account is left offboarded"
+                            );
+                        }
+                        match self.deferral.gate(event, &job.message, publisher).await {
+                            Ok(Gate::Provision(purpose)) => self
+                                .provision_with_retries(
+                                    event,
+                                    &job.message,
+                                    publisher,
+                                    hand_back,
+                                    purpose,
+                                    overtaken,
+                                )
+                                .await
+                                .map(|finished| {
+                                    let settlement = match finished {
+                                        Finished::Succeeded => Settlement::CarriedOut,
+                                        Finished::Failed => Settlement::Other,
+                                    };
+                                    self.lanes.settled(
+                                        job.lane,
+                                        exchange,
+                                        routing_key,
+                                        event,
+                                        settlement,
+                                    );
+                                }),
+                            Ok(Gate::Deferred) => {
+                                // Parked or held: its twin must not be parked or held too.
+                                self.lanes.settled(
+                                    job.lane,
+                                    exchange,
+                                    routing_key,
+                                    event,
+                                    Settlement::Other,
+                                );
+                                Ok(())
+                            }
+                            Err(e) => Err(Abandoned::Publish(e)),
+                        }
+                    }
                 }
             }
         };
@@ -242,10 +312,12 @@ impl Worker {
         publisher: &Publisher,
         hand_back: &CancellationToken,
         purpose: Purpose,
-    ) -> Result<(), Abandoned> {
+        overtaken_by_removal: bool,
+    ) -> Result<Finished, Abandoned> {
         let dry_run = self.provisioner.okta().is_dry_run();
         let facts = DeliveryFacts {
             purpose,
+            overtaken_by_removal,
             replay_count: headers::get_u64(
                 message.properties.headers().as_ref(),
                 headers::REPLAY_COUNT,
@@ -282,7 +354,8 @@ impl Worker {
                         .publish_outcome(&outcome, trace_of(message))
                         .await
                         .map_err(Abandoned::Publish)
-                        .inspect(|()| self.metrics.event_succeeded(&message.routing_key));
+                        .inspect(|()| self.metrics.event_succeeded(&message.routing_key))
+                        .map(|()| Finished::Succeeded);
                 }
                 Err(error) => error,
             };
@@ -348,7 +421,8 @@ impl Worker {
                     .inspect(|()| {
                         self.metrics
                             .event_failed(&message.routing_key, failure.kind)
-                    });
+                    })
+                    .map(|()| Finished::Failed);
             }
             let shown_delay = match next {
                 Next::RetryAfter { delay, .. } => delay.as_millis() as u64,
