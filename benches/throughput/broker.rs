@@ -4,6 +4,7 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use futures_util::StreamExt;
+use iam_provisioner::amqp::parking::ParkingNames;
 use iam_provisioner::amqp::topology::{self, TopologyNames};
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions,
@@ -66,20 +67,24 @@ impl Drop for Topology {
             runtime.block_on(async move {
                 let conn = connect("cleanup").await.ok()?;
                 let channel = conn.create_channel().await.ok()?;
-                for queue in [
-                    &names.work_queue,
-                    &names.leavers_queue(),
-                    &names.dead_letter_queue,
-                ] {
+                let parking = ParkingNames::for_work_queue(&names.work_queue);
+                let queues = [
+                    names.work_queue.clone(),
+                    names.leavers_queue(),
+                    names.dead_letter_queue.clone(),
+                ];
+                for queue in queues.into_iter().chain(parking.queues()) {
                     let _ = channel
                         .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
                         .await;
                 }
                 for exchange in [
-                    &names.replay_exchange(),
-                    &names.input_exchange,
-                    &names.results_exchange,
-                    &names.dead_letter_exchange,
+                    names.replay_exchange(),
+                    names.input_exchange.clone(),
+                    names.results_exchange.clone(),
+                    names.dead_letter_exchange.clone(),
+                    parking.retry_exchange,
+                    parking.delay_exchange,
                 ] {
                     let _ = channel
                         .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
