@@ -20,6 +20,7 @@
 use crate::domain::event::EventType;
 use crate::domain::outcome::ErrorKind;
 use crate::health::Health;
+use crate::lanes::Lane;
 use crate::provisioner::Provisioner;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -138,6 +139,11 @@ struct EventLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LaneLabels {
+    lane: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EventErrorLabels {
     event_type: &'static str,
     error_kind: &'static str,
@@ -178,6 +184,7 @@ struct Families {
     events_dead_lettered: Family<EventErrorLabels, Counter>,
     event_duration: HistogramFamily<EventLabels>,
     deliveries_in_flight: Gauge,
+    removal_copies_skipped: Family<LaneLabels, Counter>,
     okta_requests: Family<OktaRequestLabels, Counter>,
     okta_request_duration: HistogramFamily<OktaOperationLabels>,
     okta_rate_limited: Family<OktaOperationLabels, Counter>,
@@ -218,6 +225,7 @@ impl Metrics {
             events_dead_lettered: Family::default(),
             event_duration: Family::new_with_constructor(event_duration_histogram),
             deliveries_in_flight: Gauge::default(),
+            removal_copies_skipped: Family::default(),
             okta_requests: Family::default(),
             okta_request_duration: Family::new_with_constructor(okta_duration_histogram),
             okta_rate_limited: Family::default(),
@@ -237,6 +245,11 @@ impl Metrics {
                 let _ = families.events_retried.get_or_create(&labels);
                 let _ = families.events_dead_lettered.get_or_create(&labels);
             }
+        }
+        for lane in [Lane::Work, Lane::Leavers] {
+            let _ = families.removal_copies_skipped.get_or_create(&LaneLabels {
+                lane: lane.as_str(),
+            });
         }
         for message in [PublishedMessage::Outcome, PublishedMessage::DeadLetter] {
             for result in [
@@ -259,17 +272,32 @@ impl Metrics {
     /// A delivery arrived: counts it and holds it in the in-flight gauge until the
     /// returned [`DeliveryTimer`] is dropped.
     pub fn delivery_received(&self, routing_key: &str) -> DeliveryTimer {
-        let event_type = event_type_label(routing_key);
-        self.families
-            .events_consumed
-            .get_or_create(&EventLabels { event_type })
-            .inc();
+        let timer = self.delivery_arrived(routing_key);
+        timer.count_consumed();
+        timer
+    }
+
+    /// A delivery arrived that may be the later copy of a removal routed to both lanes
+    /// (`crate::lanes`): held in the in-flight gauge at once, counted as consumed only
+    /// by [`DeliveryTimer::count_consumed`] once it is known to be processed.
+    pub fn delivery_arrived(&self, routing_key: &str) -> DeliveryTimer {
         self.families.deliveries_in_flight.inc();
         DeliveryTimer {
             metrics: self.clone(),
-            event_type,
+            event_type: event_type_label(routing_key),
             started: Instant::now(),
         }
+    }
+
+    /// A removal's copy in `lane` was acknowledged without processing: its twin in the
+    /// other lane had settled the event.
+    pub fn removal_copy_skipped(&self, lane: Lane) {
+        self.families
+            .removal_copies_skipped
+            .get_or_create(&LaneLabels {
+                lane: lane.as_str(),
+            })
+            .inc();
     }
 
     /// The `succeeded` outcome of an event was confirmed by the broker.
@@ -363,6 +391,17 @@ pub struct DeliveryTimer {
 }
 
 impl DeliveryTimer {
+    /// Counts the delivery in `events_consumed`.
+    pub fn count_consumed(&self) {
+        self.metrics
+            .families
+            .events_consumed
+            .get_or_create(&EventLabels {
+                event_type: self.event_type,
+            })
+            .inc();
+    }
+
     /// The delivery's outcome is final and it was acknowledged: records its end-to-end
     /// duration, retries and waits included.
     pub fn completed(self) {
@@ -480,7 +519,7 @@ impl MetricsRegistry {
         let mut registry = Registry::default();
         registry.register(
             "iam_provisioner_events_consumed",
-            "Deliveries received from the work queue, redeliveries included",
+            "Deliveries received, redeliveries included; of a removal in both lanes, the copy processed",
             f.events_consumed.clone(),
         );
         registry.register(
@@ -513,6 +552,11 @@ impl MetricsRegistry {
             "iam_provisioner_deliveries_in_flight",
             "Deliveries received and not yet acknowledged or handed back",
             f.deliveries_in_flight.clone(),
+        );
+        registry.register(
+            "iam_provisioner_removal_copies_skipped",
+            "Removal copies acknowledged unprocessed because the other lane's copy settled the event",
+            f.removal_copies_skipped.clone(),
         );
         registry.register(
             "iam_provisioner_okta_requests",
@@ -631,6 +675,37 @@ mod tests {
             "only a completed delivery is timed: {text}"
         );
         assert!(text.contains("x_count{event_type=\"other\"} 0\n"), "{text}");
+    }
+
+    #[test]
+    fn a_removal_copy_counts_as_consumed_only_when_processed() {
+        let metrics = Metrics::new();
+        let skipped = metrics.delivery_arrived("employee.removed");
+        let processed = metrics.delivery_arrived("employee.removed");
+        processed.count_consumed();
+        metrics.removal_copy_skipped(Lane::Work);
+        assert_eq!(metrics.families.deliveries_in_flight.get(), 2);
+        drop(skipped);
+        processed.completed();
+        assert_eq!(metrics.families.deliveries_in_flight.get(), 0);
+        let consumed = metrics
+            .families
+            .events_consumed
+            .get_or_create(&EventLabels {
+                event_type: "employee.removed",
+            })
+            .get();
+        assert_eq!(consumed, 1);
+        let skipped_in = |lane: Lane| {
+            metrics
+                .families
+                .removal_copies_skipped
+                .get_or_create(&LaneLabels {
+                    lane: lane.as_str(),
+                })
+                .get()
+        };
+        assert_eq!((skipped_in(Lane::Work), skipped_in(Lane::Leavers)), (1, 0));
     }
 
     #[test]

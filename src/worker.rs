@@ -152,9 +152,15 @@ impl Worker {
     }
 
     async fn process(&self, mut job: Job, publisher: &Publisher, hand_back: &CancellationToken) {
-        let timer = self.metrics.delivery_received(&job.message.routing_key);
         let event_type = printable(&job.message.routing_key);
         let (exchange, routing_key) = (&job.message.exchange, &job.message.routing_key);
+        // A removal in both lanes counts as consumed in the lane that processes it.
+        let twin_routed = self.lanes.has_twin(exchange, routing_key);
+        let timer = self.metrics.delivery_arrived(routing_key);
+        if !twin_routed {
+            timer.count_consumed();
+        }
+        let mut skipped_copy = false;
         let result = match job.parsed {
             Err(_)
                 if self
@@ -162,9 +168,13 @@ impl Worker {
                     .leave_invalid_to_work_lane(job.lane, exchange, routing_key) =>
             {
                 tracing::debug!(event_type, "invalid removal left to the work lane's copy");
+                skipped_copy = true;
                 Ok(())
             }
             Err((ref error, ref context)) => {
+                if twin_routed {
+                    timer.count_consumed();
+                }
                 self.reject_invalid(&job.message, error, context, publisher)
                     .await
             }
@@ -180,9 +190,14 @@ impl Worker {
                             lane = job.lane.as_str(),
                             "removal already settled by its copy in the other lane"
                         );
+                        self.metrics.removal_copy_skipped(job.lane);
+                        skipped_copy = true;
                         Ok(())
                     }
                     admission => {
+                        if twin_routed {
+                            timer.count_consumed();
+                        }
                         let overtaken = admission == Admission::OvertakenByRemoval;
                         if overtaken {
                             tracing::info!(
@@ -235,7 +250,10 @@ impl Worker {
         };
         match result {
             Ok(()) => {
-                timer.completed();
+                // A skipped copy's time says nothing about its event.
+                if !skipped_copy {
+                    timer.completed();
+                }
                 if let Err(e) = job.acker.ack(BasicAckOptions::default()).await {
                     // The broker will redeliver; processing again converges.
                     tracing::warn!(event_type, error = %e, "acknowledgement failed; the message will be redelivered");

@@ -141,6 +141,7 @@ fn assert_labels_are_bounded(exposition: &Exposition, per_employee: &[&str]) {
             "status_class" => status_classes.contains(&value),
             "message" => ["outcome", "dead_letter"].contains(&value),
             "result" => ["confirmed", "nacked", "returned", "error"].contains(&value),
+            "lane" => ["work", "leavers"].contains(&value),
             "le" => value == "+Inf" || value.parse::<f64>().is_ok(),
             _ => false,
         };
@@ -284,6 +285,17 @@ async fn metrics_parse_and_count_exactly_the_events_processed_with_bounded_label
     assert_eq!(moved("iam_provisioner_events_succeeded_total", &added), 3.0);
     assert_eq!(
         moved("iam_provisioner_events_succeeded_total", &removed),
+        1.0
+    );
+    // The removal reached both lanes; one copy did the work, the other was skipped.
+    assert_eq!(
+        moved(
+            "iam_provisioner_removal_copies_skipped_total",
+            &[("lane", "work")]
+        ) + moved(
+            "iam_provisioner_removal_copies_skipped_total",
+            &[("lane", "leavers")]
+        ),
         1.0
     );
     let with_kind = |event_type, kind| [("event_type", event_type), ("error_kind", kind)];
