@@ -317,3 +317,41 @@ async fn an_invalid_removal_is_dead_lettered_and_reported_once() {
     let dead = world.drain_dead_letters().await;
     assert_eq!(dead.len(), 1, "one dead-letter copy");
 }
+
+#[tokio::test]
+async fn a_future_dated_removal_in_both_queues_is_parked_once_and_carried_out_once() {
+    let mut world = World::start("leaver-parked").await;
+    let user_id = world
+        .sim
+        .create_user(profile("P-1", "parked@example.com"), UserStatus::Active);
+    let effective = (time::OffsetDateTime::now_utc() + time::Duration::seconds(3))
+        .replace_nanosecond(0)
+        .expect("nanoseconds");
+    let effective_text = effective
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("format");
+    let removal = event_id("parked");
+    let mut body = leaver(&removal, Some("P-1"), Some("parked@example.com"));
+    body["effective_at"] = effective_text.clone().into();
+    world.publish("employee.removed", &body).await;
+
+    // Outcomes until the removal is carried out: a twin parked as well would have
+    // published its own `removal.scheduled` seconds before that.
+    let mut scheduled = 0;
+    let done = loop {
+        let (_, outcome, _) = world.next_outcome().await;
+        if outcome["source_event_id"] != removal.as_str() {
+            continue;
+        }
+        let actions = actions(&outcome);
+        if actions == vec![format!("removal.scheduled:{effective_text}")] {
+            scheduled += 1;
+        } else {
+            break outcome;
+        }
+    };
+    assert_eq!(scheduled, 1, "parked once");
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(actions(&done), vec!["sessions.revoked", "user.deactivated"]);
+    assert_eq!(calls_for(&world, "deactivateUser", &user_id), 1);
+}
