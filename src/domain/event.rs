@@ -558,14 +558,27 @@ fn reject_control_chars(field: &str, value: &str) -> Result<(), ValidationError>
 pub fn printable(value: &str) -> String {
     const LIMIT_CHARS: usize = 120;
     const LIMIT_BYTES: usize = 240;
-    let mut out = String::new();
+    // Called several times per delivery (log fields, span attributes): one allocation,
+    // none per character.
+    let mut out = String::with_capacity(value.len().min(LIMIT_BYTES) + '…'.len_utf8());
     for (index, c) in value.chars().enumerate() {
-        let escaped: String = c.escape_debug().collect();
-        if index == LIMIT_CHARS || out.len() + escaped.len() > LIMIT_BYTES {
+        // Plain ASCII, the usual case, is itself; the rest as `char::escape_debug` has it.
+        let plain = c == ' ' || (c.is_ascii_graphic() && !matches!(c, '\\' | '\'' | '"'));
+        let escaped = c.escape_debug();
+        // An escape is ASCII, one byte per char; an unescaped char is itself.
+        let bytes = match (plain, escaped.len()) {
+            (true, _) | (false, 1) => c.len_utf8(),
+            (false, n) => n,
+        };
+        if index == LIMIT_CHARS || out.len() + bytes > LIMIT_BYTES {
             out.push('…');
             return out;
         }
-        out.push_str(&escaped);
+        if plain {
+            out.push(c);
+        } else {
+            out.extend(escaped);
+        }
     }
     out
 }
@@ -748,6 +761,31 @@ mod tests {
     #[test]
     fn printable_escapes_control_characters_and_bounds_length() {
         assert_eq!(printable("a\nb\u{1b}"), "a\\nb\\u{1b}");
+        assert_eq!(printable("é\"ü→"), "é\\\"ü→");
+        // The same as escaping and bounding char by char, the plain definition.
+        let by_char = |value: &str| {
+            let mut out = String::new();
+            for (index, c) in value.chars().enumerate() {
+                let escaped: String = c.escape_debug().collect();
+                if index == 120 || out.len() + escaped.len() > 240 {
+                    out.push('…');
+                    return out;
+                }
+                out.push_str(&escaped);
+            }
+            out
+        };
+        let every_ascii: String = (0u8..128).map(char::from).collect();
+        for value in [
+            every_ascii.as_str(),
+            &every_ascii[..40],
+            "Ünïcödé \u{301}é\u{200b}x 😀",
+            &"é\u{7f}".repeat(90),
+        ] {
+            assert_eq!(printable(value), by_char(value), "{value:?}");
+        }
+        let wide = printable(&"é".repeat(200));
+        assert!(wide.len() <= 243 && wide.ends_with('…'), "{wide}");
         assert_eq!(printable(&"x".repeat(500)).chars().count(), 121);
         assert_eq!(printable(&"x".repeat(120)), "x".repeat(120));
         // Escaping multiplies the length; an AMQP short string holds 255 bytes.
