@@ -148,6 +148,9 @@ fn target_dir() -> PathBuf {
 #[derive(Default, Serialize)]
 struct Results {
     ceiling: Option<Result<Throughput, String>>,
+    /// The ceiling again, right after (2): the machine is shared, and the ratio of (2)
+    /// to (1) should not hang on one moment's load.
+    ceiling_after: Option<Result<Throughput, String>>,
     fast: Option<Result<FastOkta, String>>,
     slow: Option<Result<SlowOkta, String>>,
     slow_default: Option<Result<SlowOkta, String>>,
@@ -255,6 +258,13 @@ async fn run(plan: &Plan, selected: &dyn Fn(&str) -> bool, log_dir: PathBuf) -> 
         fast,
         scenarios::fast_okta(&bench, plan.fast_hires, Duration::from_secs(plan.idle_secs))
     );
+    if selected("ceiling") && selected("fast") {
+        scenario!(
+            "ceiling",
+            ceiling_after,
+            scenarios::broker_ceiling(&bench, plan.ceiling_events, scenarios::DEFAULT_CONCURRENCY)
+        );
+    }
     let calls_per_hire = ok(&results.fast).map_or(1.0, |f| f.calls_per_hire);
     let slow_latency = Duration::from_millis(plan.slow_latency_ms);
     scenario!(
@@ -316,11 +326,21 @@ fn rows(plan: &Plan, results: &Results) -> Vec<Row> {
         slot.as_ref().and_then(|r| r.as_ref().err())
     }
 
-    let ceiling = ok(&results.ceiling).map(|t| t.events_per_sec);
+    let ceilings: Vec<f64> = [&results.ceiling, &results.ceiling_after]
+        .into_iter()
+        .filter_map(|slot| ok(slot).map(|t| t.events_per_sec))
+        .collect();
+    let ceiling =
+        (!ceilings.is_empty()).then(|| ceilings.iter().sum::<f64>() / ceilings.len() as f64);
     rows.push(match ceiling {
         Some(rate) => Row::new(
             "1 broker ceiling (raw lapin, prefetch 32, confirm per message)",
-            format!("{rate:.0} events/s"),
+            match ceilings.as_slice() {
+                [before, after] => format!(
+                    "{rate:.0} events/s (mean of {before:.0} before and {after:.0} after (2))"
+                ),
+                _ => format!("{rate:.0} events/s"),
+            },
             "—",
             "—".into(),
         ),
@@ -360,34 +380,47 @@ fn rows(plan: &Plan, results: &Results) -> Vec<Row> {
         )),
     }
 
-    for (slot, label) in [(&results.slow, "3"), (&results.slow_default, "3b")] {
-        match ok(slot) {
-            Some(slow) => rows.push(Row::new(
-                &format!(
-                    "{label} service, {} ms Okta, CONCURRENCY={}, OKTA_MAX_IN_FLIGHT={}",
-                    slow.latency_ms,
-                    slow.concurrency,
-                    slow.okta_max_in_flight
-                        .map_or_else(|| "32 (default)".to_owned(), |m| m.to_string())
-                ),
-                format!(
-                    "{:.0} events/s = {:.2} × bound {:.0}",
-                    slow.throughput.events_per_sec,
-                    slow.fraction_of_bound,
-                    slow.bound_events_per_sec
-                ),
-                "≥ 0.9 × bound",
-                verdict(slow.fraction_of_bound >= 0.9, || {
-                    format!("{:.2} < 0.9", slow.fraction_of_bound)
-                }),
-            )),
-            None => rows.push(Row::new(
-                &format!("{label} service, slow Okta"),
-                not_run(err(slot)),
-                "≥ 0.9 × bound",
-                "not run".into(),
-            )),
-        }
+    match ok(&results.slow) {
+        Some(slow) => rows.push(Row::new(
+            &format!(
+                "3 service, {} ms Okta, CONCURRENCY={}, OKTA_MAX_IN_FLIGHT={}",
+                slow.latency_ms,
+                slow.concurrency,
+                slow.okta_max_in_flight.unwrap_or(32)
+            ),
+            format!(
+                "{:.0} events/s = {:.2} × bound {:.0}",
+                slow.throughput.events_per_sec, slow.fraction_of_bound, slow.bound_events_per_sec
+            ),
+            "≥ 0.9 × bound",
+            verdict(slow.fraction_of_bound >= 0.9, || {
+                format!("{:.2} < 0.9", slow.fraction_of_bound)
+            }),
+        )),
+        None => rows.push(Row::new(
+            "3 service, slow Okta",
+            not_run(err(&results.slow)),
+            "≥ 0.9 × bound",
+            "not run".into(),
+        )),
+    }
+    // The default cap on Okta requests in flight (32) halves the bound of (3): shown so
+    // that nobody expects (3) from CONCURRENCY alone.
+    if let Some(slow) = ok(&results.slow_default) {
+        let in_flight = f64::from(slow.concurrency.min(32));
+        let capped = in_flight / (slow.calls_per_event * slow.latency_ms as f64 / 1000.0);
+        rows.push(Row::new(
+            "3b as (3), OKTA_MAX_IN_FLIGHT=32 (default)",
+            format!(
+                "{:.0} events/s = {:.2} × bound {:.0}; {:.2} × its capped bound {capped:.0}",
+                slow.throughput.events_per_sec,
+                slow.fraction_of_bound,
+                slow.bound_events_per_sec,
+                slow.throughput.events_per_sec / capped
+            ),
+            "— (information)",
+            "—".into(),
+        ));
     }
 
     match ok(&results.ratelimit) {
@@ -468,7 +501,12 @@ fn rows(plan: &Plan, results: &Results) -> Vec<Row> {
                 "6 leaver latency behind {} hires, {} ms Okta, {} trials",
                 l.backlog, l.latency_ms_of_fake, l.trials
             ),
-            format!("p50 {:.0} ms, p99 {:.0} ms", l.p50_ms, l.p99_ms),
+            format!(
+                "p50 {:.0} ms, p99 {:.0} ms (the backlog took {:.1} s to drain, p50)",
+                l.p50_ms,
+                l.p99_ms,
+                l.backlog_drained_p50_ms / 1000.0
+            ),
             "p99 ≤ 1,000 ms",
             verdict(l.p99_ms <= 1000.0, || {
                 format!(

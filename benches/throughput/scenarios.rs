@@ -499,6 +499,10 @@ pub struct LeaverLatency {
     pub latencies_ms: Vec<f64>,
     /// Hires still waiting in the queue (not yet delivered) when the removal was published.
     pub hires_ready_ahead: Vec<u32>,
+    /// Publish of the removal → the last event of the trial finished: what the removal
+    /// would have waited in the work queue alone, behind the backlog.
+    pub backlog_drained_ms: Vec<f64>,
+    pub backlog_drained_p50_ms: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
@@ -528,6 +532,7 @@ pub async fn leaver_latency(
     service.wait_until_consuming(START_TIMEOUT).await?;
     let mut latencies = Vec::with_capacity(trials);
     let mut ready_ahead = Vec::with_capacity(trials);
+    let mut drained = Vec::with_capacity(trials);
     for trial in 0..trials {
         let leaver_email = format!("leaver{trial}.{tag}@bench.example.com");
         let leaver_id = format!("L-{tag}-{trial}");
@@ -574,10 +579,15 @@ pub async fn leaver_latency(
         if done.failed() > 0 {
             bail!("trial {trial}: {} events failed", done.failed());
         }
+        if let Some(last) = done.last_terminal {
+            drained.push(last.saturating_duration_since(published).as_secs_f64() * 1000.0);
+        }
     }
     service.stop().await?;
     let mut sorted = latencies.clone();
     sorted.sort_by(f64::total_cmp);
+    let mut sorted_drained = drained.clone();
+    sorted_drained.sort_by(f64::total_cmp);
     Ok(LeaverLatency {
         backlog,
         latency_ms_of_fake: latency.as_millis() as u64,
@@ -587,5 +597,7 @@ pub async fn leaver_latency(
         max_ms: sorted.last().copied().unwrap_or(f64::NAN),
         latencies_ms: latencies,
         hires_ready_ahead: ready_ahead,
+        backlog_drained_p50_ms: percentile(&sorted_drained, 50.0),
+        backlog_drained_ms: drained,
     })
 }
