@@ -558,26 +558,30 @@ fn reject_control_chars(field: &str, value: &str) -> Result<(), ValidationError>
 pub fn printable(value: &str) -> String {
     const LIMIT_CHARS: usize = 120;
     const LIMIT_BYTES: usize = 240;
-    // Called several times per delivery (log fields, span attributes): one allocation,
-    // none per character.
+    // Called several times per delivery (log fields, span attributes), usually on short
+    // plain ASCII, which is returned as it is.
+    let plain = |b: u8| b == b' ' || (b.is_ascii_graphic() && !matches!(b, b'\\' | b'\'' | b'"'));
+    if value.len() <= LIMIT_CHARS && value.bytes().all(plain) {
+        return value.to_owned();
+    }
     let mut out = String::with_capacity(value.len().min(LIMIT_BYTES) + '…'.len_utf8());
     for (index, c) in value.chars().enumerate() {
-        // Plain ASCII, the usual case, is itself; the rest as `char::escape_debug` has it.
+        // Plain ASCII, the usual case, is itself (and cheap to tell); the rest as
+        // `char::escape_debug` has it: an escape is ASCII, one byte per char, an
+        // unescaped char is itself.
         let plain = c == ' ' || (c.is_ascii_graphic() && !matches!(c, '\\' | '\'' | '"'));
-        let escaped = c.escape_debug();
-        // An escape is ASCII, one byte per char; an unescaped char is itself.
-        let bytes = match (plain, escaped.len()) {
-            (true, _) | (false, 1) => c.len_utf8(),
-            (false, n) => n,
+        let escaped = (!plain).then(|| c.escape_debug());
+        let bytes = match &escaped {
+            Some(escape) if escape.len() > 1 => escape.len(),
+            _ => c.len_utf8(),
         };
         if index == LIMIT_CHARS || out.len() + bytes > LIMIT_BYTES {
             out.push('…');
             return out;
         }
-        if plain {
-            out.push(c);
-        } else {
-            out.extend(escaped);
+        match escaped {
+            Some(escape) => out.extend(escape),
+            None => out.push(c),
         }
     }
     out

@@ -52,6 +52,28 @@ impl OktaUser {
     }
 }
 
+/// What a hire reads of `createUser`'s answer. Okta echoes the whole user back; its
+/// profile is what was just sent, so it is skipped rather than built into a map (a hot
+/// path: one per hire).
+#[derive(Deserialize)]
+struct CreatedUser {
+    id: String,
+    status: String,
+    #[serde(rename = "statusChanged", default)]
+    status_changed: Option<String>,
+}
+
+impl From<CreatedUser> for OktaUser {
+    fn from(user: CreatedUser) -> Self {
+        Self {
+            id: user.id,
+            status: user.status,
+            status_changed: user.status_changed,
+            profile: Map::new(),
+        }
+    }
+}
+
 /// An Okta group, with the fields this service reads.
 #[derive(Debug, Clone, Deserialize)]
 pub struct OktaGroup {
@@ -224,6 +246,7 @@ impl OktaClient {
     }
 
     /// `createUser`: creates the user, activated or staged, in `group_ids` (at most 20).
+    /// The user returned has an empty `profile`: it is the one just sent.
     ///
     /// # Errors
     /// Any [`OktaError`]; a taken login is recognised by [`OktaError::is_duplicate_login`].
@@ -240,8 +263,9 @@ impl OktaClient {
         if !group_ids.is_empty() {
             body["groupIds"] = serde_json::json!(group_ids);
         }
-        self.call_json("createUser", Method::POST, url, Some(&body))
+        self.call_json::<CreatedUser>("createUser", Method::POST, url, Some(&body))
             .await
+            .map(OktaUser::from)
     }
 
     /// `getUser` by id or login; `None` when Okta has no such user.
