@@ -264,7 +264,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     let app = Application::build(settings, okta, mapping).await?;
     tracing::info!(http = %app.http_address(), "health endpoints listening");
-    app.run_until(shutdown_signal()).await;
+    // On a worker thread rather than the thread blocked in `block_on`: each delivery's
+    // task then starts on the thread that received it (tokio's LIFO slot), not after a
+    // wake-up of another thread.
+    tokio::spawn(app.run_until(shutdown_signal()))
+        .await
+        .context("the service's main task failed")?;
     Ok(())
 }
 
