@@ -159,7 +159,13 @@ impl Application {
                     settings.offboarding_guard,
                     settings.dry_run,
                 ),
-                lanes: Lanes::new(&settings.topology.input_exchange),
+                // Partitioned, per-employee order across replicas comes from the
+                // partitions, which the leavers lane would bypass: its copies are only
+                // drained there (see `crate::lanes`).
+                lanes: match settings.partitioning {
+                    None => Lanes::new(&settings.topology.input_exchange),
+                    Some(_) => Lanes::draining(&settings.topology.input_exchange),
+                },
             }),
             settings,
             health,

@@ -18,12 +18,14 @@
 //! - A removal carried out on the leavers lane has overtaken the events published
 //!   before it that still wait in the work queue. Its twin in the work queue marks
 //!   exactly where it was published: until that twin arrives, an `employee.added` for
-//!   the same employee on the work lane was published *before* the removal
-//!   ([`Admission::OvertakenByRemoval`]). Run as usual it would enable the leaver
-//!   again; instead the provisioner brings the account to where publication order
-//!   leaves it — created or adopted with the hire's profile and groups, then offboarded
-//!   — without enabling it on the way. Updates never change a status and run as usual;
-//!   removals are never skipped.
+//!   the same employee on the work lane was published *before* the removal. If HR dates
+//!   it no later than the removal ([`Admission::OvertakenByRemoval`]), running it as
+//!   usual would enable the leaver again; instead the provisioner brings the account to
+//!   where publication order leaves it — created or adopted with the hire's profile and
+//!   groups, then offboarded — without enabling it on the way. A hire dated after the
+//!   removal (clocks of two HR systems, say) runs as usual, and then the removal's twin
+//!   runs too instead of being skipped, so publication order still has the last word.
+//!   Updates never change a status and run as usual; removals are never skipped.
 //! - A removal that arrives with no twin (replayed from the dead-letter queue, returned
 //!   from a delay queue, or published before the leavers queue existed) is an ordinary
 //!   event of its lane.
@@ -31,13 +33,20 @@
 //! The record lives in this process only. With several replicas, or across a restart,
 //! a twin may find no record: it then runs again, which converges (the user is already
 //! deactivated, nothing is done) but publishes a second outcome for the event; and a
-//! hire the record would have superseded runs, after which the removal's work-queue
-//! twin — finding no record either — offboards the user again. Okta ends in the
-//! published order's state either way; access is removed when in doubt.
+//! hire the record would have caught runs, after which the removal's work-queue twin —
+//! finding no record either — offboards the user again. Okta ends in the published
+//! order's state either way; access is removed when in doubt. A record whose twin went
+//! to another replica only ever holds back hires dated no later than its removal.
+//!
+//! In partitioned mode ([`Lanes::draining`]) per-employee order across replicas comes
+//! from the partitions, which a removal taken early would bypass: there the leavers
+//! lane's copies are acknowledged unprocessed and their twins, in the partitions, do
+//! the work in order.
 
 use crate::domain::event::{EventBody, EventType, HrEvent};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use time::OffsetDateTime;
 
 /// Twins remembered at most; the oldest record is forgotten first. A forgotten twin
 /// runs again (see the module documentation), so this bounds memory, not correctness.
@@ -88,6 +97,8 @@ pub enum Settlement {
 pub struct Lanes {
     input_exchange: String,
     capacity: usize,
+    /// False in partitioned mode: the leavers lane's copies are only acknowledged.
+    fast_track: bool,
     ledger: Mutex<Ledger>,
 }
 
@@ -100,7 +111,7 @@ struct Ledger {
     next_seq: u64,
     /// Ordering key → the latest removal carried out on the leavers lane whose
     /// work-queue twin has not arrived yet.
-    superseding: HashMap<String, String>,
+    superseding: HashMap<String, CarriedOutRemoval>,
 }
 
 #[derive(Debug)]
@@ -110,6 +121,15 @@ struct SettledTwin {
     /// The ordering keys this twin put in `superseding` (empty unless it was carried
     /// out on the leavers lane).
     superseding_keys: Vec<String>,
+    /// A hire of the same employee ran as usual (it may have enabled the account)
+    /// between this removal and its work-queue twin: the twin must run again.
+    reenabled: bool,
+}
+
+#[derive(Debug, Clone)]
+struct CarriedOutRemoval {
+    event_id: String,
+    occurred_at: OffsetDateTime,
 }
 
 impl Lanes {
@@ -123,7 +143,19 @@ impl Lanes {
         Self {
             input_exchange: input_exchange.to_owned(),
             capacity: capacity.max(1),
+            fast_track: true,
             ledger: Mutex::new(Ledger::default()),
+        }
+    }
+
+    /// Lanes for partitioned mode: per-employee order across replicas comes from the
+    /// partitions, which a removal taken early from the leavers lane would bypass, so
+    /// the leavers lane's copies of removals are acknowledged unprocessed and their
+    /// twins, in the partitions, do the work.
+    pub fn draining(input_exchange: &str) -> Self {
+        Self {
+            fast_track: false,
+            ..Self::new(input_exchange)
         }
     }
 
@@ -154,26 +186,42 @@ impl Lanes {
         routing_key: &str,
         event: &HrEvent,
     ) -> Admission {
+        if !self.fast_track {
+            return match lane {
+                Lane::Leavers if self.has_twin(exchange, routing_key) => Admission::TwinSettled,
+                _ => Admission::Process,
+            };
+        }
         let mut ledger = self.lock();
         if self.has_twin(exchange, routing_key) {
             let event_id = event.event_id.as_str();
-            if ledger
-                .settled
-                .get(event_id)
-                .is_some_and(|twin| twin.lane != lane)
-            {
+            if let Some(twin) = ledger.settled.get(event_id).filter(|t| t.lane != lane) {
+                let reenabled = twin.reenabled;
                 ledger.forget(event_id);
-                return Admission::TwinSettled;
+                return if reenabled {
+                    Admission::Process
+                } else {
+                    Admission::TwinSettled
+                };
             }
         }
-        if lane == Lane::Work
-            && matches!(event.body, EventBody::Added(_))
-            && event
+        if lane == Lane::Work && matches!(event.body, EventBody::Added(_)) {
+            let removals: Vec<CarriedOutRemoval> = event
                 .ordering_keys()
                 .iter()
-                .any(|key| ledger.superseding.contains_key(key))
-        {
-            return Admission::OvertakenByRemoval;
+                .filter_map(|key| ledger.superseding.get(key).cloned())
+                .collect();
+            if removals.iter().any(|r| event.occurred_at <= r.occurred_at) {
+                return Admission::OvertakenByRemoval;
+            }
+            // HR says this hire happened after the removal, though it was published
+            // before it: it runs as usual, and the removal's twin runs again after it,
+            // so that publication order still has the last word.
+            for removal in removals {
+                if let Some(twin) = ledger.settled.get_mut(&removal.event_id) {
+                    twin.reenabled = true;
+                }
+            }
         }
         Admission::Process
     }
@@ -188,7 +236,7 @@ impl Lanes {
         event: &HrEvent,
         settlement: Settlement,
     ) {
-        if !self.has_twin(exchange, routing_key) {
+        if !self.fast_track || !self.has_twin(exchange, routing_key) {
             return;
         }
         let event_id = event.event_id.as_str();
@@ -201,7 +249,11 @@ impl Lanes {
         let mut superseding_keys = Vec::new();
         if (lane, settlement) == (Lane::Leavers, Settlement::CarriedOut) {
             for key in event.ordering_keys() {
-                ledger.superseding.insert(key.clone(), event_id.to_owned());
+                let removal = CarriedOutRemoval {
+                    event_id: event_id.to_owned(),
+                    occurred_at: event.occurred_at,
+                };
+                ledger.superseding.insert(key.clone(), removal);
                 superseding_keys.push(key);
             }
         }
@@ -214,6 +266,7 @@ impl Lanes {
                 seq,
                 lane,
                 superseding_keys,
+                reenabled: false,
             },
         );
         while ledger.settled.len() > self.capacity {
@@ -243,7 +296,11 @@ impl Ledger {
             return;
         };
         for key in twin.superseding_keys {
-            if self.superseding.get(&key).is_some_and(|id| id == event_id) {
+            if self
+                .superseding
+                .get(&key)
+                .is_some_and(|r| r.event_id == event_id)
+            {
                 self.superseding.remove(&key);
             }
         }
@@ -268,9 +325,19 @@ mod tests {
     const REMOVED: &str = "employee.removed";
 
     fn event(routing_key: &str, event_id: &str, id: &str, email: &str) -> HrEvent {
+        event_at(routing_key, event_id, id, email, "2026-11-28T09:00:00Z")
+    }
+
+    fn event_at(
+        routing_key: &str,
+        event_id: &str,
+        id: &str,
+        email: &str,
+        occurred_at: &str,
+    ) -> HrEvent {
         let body = json!({
             "event_id": event_id,
-            "occurred_at": "2026-11-28T09:00:00Z",
+            "occurred_at": occurred_at,
             "employee": {"id": id, "email": email, "first_name": "A", "last_name": "B"}
         })
         .to_string();
@@ -378,6 +445,76 @@ mod tests {
         let rehire = event("employee.added", "h2", "E-1", "a@example.com");
         assert_eq!(
             lanes.admit(Lane::Work, INPUT, "employee.added", &rehire),
+            Admission::Process
+        );
+    }
+
+    #[test]
+    fn a_hire_queued_before_the_removal_but_dated_after_it_runs_and_the_removal_runs_again() {
+        let lanes = Lanes::new(INPUT);
+        let r = removal("r1", "E-1", "a@example.com");
+        lanes.settled(Lane::Leavers, INPUT, REMOVED, &r, Settlement::CarriedOut);
+        let later = event_at(
+            "employee.added",
+            "h1",
+            "E-1",
+            "a@example.com",
+            "2026-11-28T10:00:00Z",
+        );
+        assert_eq!(
+            lanes.admit(Lane::Work, INPUT, "employee.added", &later),
+            Admission::Process
+        );
+        // Published after that hire, the removal has the last word: its twin runs.
+        assert_eq!(
+            lanes.admit(Lane::Work, INPUT, REMOVED, &r),
+            Admission::Process
+        );
+        assert_eq!(lanes.remembered(), 0);
+    }
+
+    #[test]
+    fn a_removal_whose_twin_never_comes_never_holds_back_a_later_rehire() {
+        // Another replica took the twin: the record stays until it is forgotten.
+        let lanes = Lanes::new(INPUT);
+        let r = removal("r1", "E-1", "a@example.com");
+        lanes.settled(Lane::Leavers, INPUT, REMOVED, &r, Settlement::CarriedOut);
+        let rehire = event_at(
+            "employee.added",
+            "h2",
+            "E-1",
+            "a@example.com",
+            "2026-12-28T09:00:00Z",
+        );
+        assert_eq!(
+            lanes.admit(Lane::Work, INPUT, "employee.added", &rehire),
+            Admission::Process
+        );
+    }
+
+    #[test]
+    fn draining_acknowledges_the_leavers_copies_and_records_nothing() {
+        let lanes = Lanes::draining(INPUT);
+        let r = removal("r1", "E-1", "a@example.com");
+        assert_eq!(
+            lanes.admit(Lane::Leavers, INPUT, REMOVED, &r),
+            Admission::TwinSettled
+        );
+        assert_eq!(
+            lanes.admit(Lane::Work, "wq.partitions", REMOVED, &r),
+            Admission::Process
+        );
+        lanes.settled(Lane::Work, INPUT, REMOVED, &r, Settlement::CarriedOut);
+        lanes.settled(Lane::Leavers, INPUT, REMOVED, &r, Settlement::CarriedOut);
+        assert_eq!(lanes.remembered(), 0);
+        let hire = event("employee.added", "h0", "E-1", "a@example.com");
+        assert_eq!(
+            lanes.admit(Lane::Work, INPUT, "employee.added", &hire),
+            Admission::Process
+        );
+        // Published straight to the leavers queue, a removal has no twin: it runs.
+        assert_eq!(
+            lanes.admit(Lane::Leavers, "", REMOVED, &r),
             Admission::Process
         );
     }

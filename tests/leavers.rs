@@ -355,3 +355,112 @@ async fn a_future_dated_removal_in_both_queues_is_parked_once_and_carried_out_on
     assert_eq!(actions(&done), vec!["sessions.revoked", "user.deactivated"]);
     assert_eq!(calls_for(&world, "deactivateUser", &user_id), 1);
 }
+
+/// Deletes a partitioned test's consistent-hash exchange when dropped (it is not among
+/// the objects `BrokerCleanup` knows, and deleting a missing exchange would close its
+/// channel).
+struct PartitionsExchangeCleanup(String);
+
+impl Drop for PartitionsExchangeCleanup {
+    fn drop(&mut self) {
+        let exchange = self.0.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                let Ok(conn) =
+                    lapin::Connection::connect(AMQP_URL, lapin::ConnectionProperties::default())
+                        .await
+                else {
+                    return;
+                };
+                if let Ok(channel) = conn.create_channel().await {
+                    let _ = channel
+                        .exchange_delete(exchange.as_str().into(), Default::default())
+                        .await;
+                }
+                let _ = conn.close(200, "test cleanup".into()).await;
+            });
+        })
+        .join();
+    }
+}
+
+#[tokio::test]
+async fn partitioned_the_leavers_lane_is_only_drained_and_each_removal_reported_once() {
+    let mut world = World::start_with(
+        "leaver-partitioned",
+        Options {
+            env: vec![
+                ("PARTITIONS", "2".into()),
+                ("REPLICAS", "1".into()),
+                ("REPLICA_INDEX", "0".into()),
+            ],
+            ..Options::default()
+        },
+    )
+    .await;
+    world.cleanup.extra_queues.extend(
+        [0, 1]
+            .into_iter()
+            .map(|p| world.names.partition_queue(p))
+            .chain([world.names.intake_lock_queue()]),
+    );
+    let _exchange = PartitionsExchangeCleanup(world.names.partitions_exchange());
+    let mut removals = Vec::new();
+    let mut users = Vec::new();
+    for n in 0..3 {
+        let (employee, email) = (format!("PT-{n}"), format!("pt{n}@example.com"));
+        users.push(
+            world
+                .sim
+                .create_user(profile(&employee, &email), UserStatus::Active),
+        );
+        let removal = event_id("pt-removal");
+        world
+            .publish(
+                "employee.removed",
+                &leaver(&removal, Some(&employee), Some(&email)),
+            )
+            .await;
+        removals.push(removal);
+    }
+    // A sentinel per employee, behind each removal in its partition.
+    let mut sentinels = Vec::new();
+    for n in 0..3 {
+        let sentinel = event_id("pt-sentinel");
+        world
+            .publish(
+                "employee.updated",
+                &hire(
+                    &sentinel,
+                    &format!("PT-{n}"),
+                    &format!("pt{n}@example.com"),
+                    &[],
+                ),
+            )
+            .await;
+        sentinels.push(sentinel);
+    }
+    let all: Vec<String> = removals.iter().chain(&sentinels).cloned().collect();
+    let seen = outcomes_until_all_final(&mut world, &all).await;
+    let counts = count_by_event(&seen);
+    for removal in &removals {
+        assert_eq!(counts.get(removal), Some(&1), "{seen:?}");
+    }
+    for user in &users {
+        assert_eq!(calls_for(&world, "deactivateUser", user), 1);
+        assert_eq!(
+            world.sim.user(user).map(|u| u.status),
+            Some(UserStatus::Deprovisioned)
+        );
+    }
+    eventually("the leavers lane drained", || async {
+        world.queue_depth(&world.names.leavers_queue()).await == 0
+    })
+    .await;
+}
