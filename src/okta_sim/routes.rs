@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::search::{self, Op};
-use super::state::{group_json, random_token, user_json, ApiError, NewUser};
+use super::state::{group_json, random_token, user_json, ApiError, NewUser, UserView};
 use super::{admin, gate, oauth, GroupType, Shared, UserStatus};
 
 type ApiResult = Result<Response, ApiError>;
@@ -287,7 +287,12 @@ async fn create_user(State(shared): State<Arc<Shared>>, ctx: Ctx, body: Bytes) -
         password,
         activate,
     })?;
-    ok_json(user_json(user, &ctx.origin, &shared.user_type_id))
+    Ok(Json(UserView {
+        user,
+        origin: &ctx.origin,
+        user_type_id: &shared.user_type_id,
+    })
+    .into_response())
 }
 
 async fn get_user(
@@ -300,7 +305,12 @@ async fn get_user(
         .directory
         .find_user(&id)
         .ok_or_else(|| ApiError::not_found(&id, "User"))?;
-    ok_json(user_json(user, &ctx.origin, &shared.user_type_id))
+    Ok(Json(UserView {
+        user,
+        origin: &ctx.origin,
+        user_type_id: &shared.user_type_id,
+    })
+    .into_response())
 }
 
 async fn update_user(
@@ -334,7 +344,12 @@ fn change_profile(
     let user = store
         .directory
         .update_profile(&id, body.profile, replace, password)?;
-    ok_json(user_json(user, &ctx.origin, &shared.user_type_id))
+    Ok(Json(UserView {
+        user,
+        origin: &ctx.origin,
+        user_type_id: &shared.user_type_id,
+    })
+    .into_response())
 }
 
 async fn delete_user(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> ApiResult {
