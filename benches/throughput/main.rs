@@ -4,8 +4,8 @@
 //! of hires, and what the service costs in memory and idle CPU.
 //!
 //! ```sh
-//! cargo bench --bench throughput              # the full run (about 10 minutes)
-//! cargo bench --bench throughput -- --quick   # a short smoke run (about 2 minutes)
+//! cargo bench --bench throughput              # the full run (about 6 minutes)
+//! cargo bench --bench throughput -- --quick   # a short smoke run (about 1 minute)
 //! ```
 //!
 //! It needs RabbitMQ on 127.0.0.1:5672 (guest/guest), like the tests. The service runs as
