@@ -404,12 +404,11 @@ async fn partitioned_the_leavers_lane_is_only_drained_and_each_removal_reported_
         },
     )
     .await;
-    world.cleanup.extra_queues.extend(
-        [0, 1]
-            .into_iter()
-            .map(|p| world.names.partition_queue(p))
-            .chain([world.names.intake_lock_queue()]),
-    );
+    // The intake lock is exclusive: the broker deletes it with the service's connection.
+    world
+        .cleanup
+        .extra_queues
+        .extend([0, 1].map(|p| world.names.partition_queue(p)));
     let _exchange = PartitionsExchangeCleanup(world.names.partitions_exchange());
     let mut removals = Vec::new();
     let mut users = Vec::new();
