@@ -356,40 +356,6 @@ async fn a_future_dated_removal_in_both_queues_is_parked_once_and_carried_out_on
     assert_eq!(calls_for(&world, "deactivateUser", &user_id), 1);
 }
 
-/// Deletes a partitioned test's consistent-hash exchange when dropped (it is not among
-/// the objects `BrokerCleanup` knows, and deleting a missing exchange would close its
-/// channel).
-struct PartitionsExchangeCleanup(String);
-
-impl Drop for PartitionsExchangeCleanup {
-    fn drop(&mut self) {
-        let exchange = self.0.clone();
-        let _ = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(async move {
-                let Ok(conn) =
-                    lapin::Connection::connect(AMQP_URL, lapin::ConnectionProperties::default())
-                        .await
-                else {
-                    return;
-                };
-                if let Ok(channel) = conn.create_channel().await {
-                    let _ = channel
-                        .exchange_delete(exchange.as_str().into(), Default::default())
-                        .await;
-                }
-                let _ = conn.close(200, "test cleanup".into()).await;
-            });
-        })
-        .join();
-    }
-}
-
 #[tokio::test]
 async fn partitioned_the_leavers_lane_is_only_drained_and_each_removal_reported_once() {
     let mut world = World::start_with(

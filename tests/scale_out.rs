@@ -11,7 +11,7 @@ use common::*;
 use futures_util::StreamExt;
 use iam_provisioner::amqp::topology::{self, TopologyError, TopologyNames};
 use iam_provisioner::okta_sim::{Fault, FaultKind, OktaSim, SimConfig, UserStatus};
-use lapin::options::{BasicPublishOptions, ExchangeDeleteOptions};
+use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::PublisherConfirm;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
@@ -22,36 +22,6 @@ use std::time::{Duration, Instant};
 const MAPPING: &str =
     r#"{"Engineering": ["Engineering-Core", "GitHub-Users"], "Sales": "Sales-App-Access"}"#;
 const OKTA_GROUPS: [&str; 3] = ["Engineering-Core", "GitHub-Users", "Sales-App-Access"];
-
-/// Deletes the partitions exchange when dropped (the queues go with `BrokerCleanup`).
-struct PartitionsExchangeCleanup(String);
-
-impl Drop for PartitionsExchangeCleanup {
-    fn drop(&mut self) {
-        let exchange = self.0.clone();
-        let _ = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(async move {
-                let Ok(conn) = Connection::connect(AMQP_URL, ConnectionProperties::default()).await
-                else {
-                    return;
-                };
-                if let Ok(channel) = conn.create_channel().await {
-                    let _ = channel
-                        .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-                        .await;
-                }
-                let _ = conn.close(200, "test cleanup".into()).await;
-            });
-        })
-        .join();
-    }
-}
 
 /// Replica processes in partitioned mode around one fake Okta, with a test client that
 /// publishes events and hears every outcome.

@@ -62,6 +62,38 @@ pub struct BrokerCleanup {
     pub extra_queues: Vec<String>,
 }
 
+/// Deletes a partitioned test's consistent-hash exchange when dropped: it is not among
+/// the objects `BrokerCleanup` knows, and deleting a missing exchange would close that
+/// cleanup's channel.
+pub struct PartitionsExchangeCleanup(pub String);
+
+impl Drop for PartitionsExchangeCleanup {
+    fn drop(&mut self) {
+        let exchange = self.0.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                let Ok(conn) = Connection::connect(AMQP_URL, ConnectionProperties::default()).await
+                else {
+                    return;
+                };
+                if let Ok(channel) = conn.create_channel().await {
+                    let _ = channel
+                        .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                        .await;
+                }
+                let _ = conn.close(200, "test cleanup".into()).await;
+            });
+        })
+        .join();
+    }
+}
+
 impl Drop for BrokerCleanup {
     fn drop(&mut self) {
         let names = self.names.clone();
