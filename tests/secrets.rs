@@ -5,102 +5,13 @@
 
 mod common;
 
+use common::process::{ServiceProcess, BINARY};
 use common::*;
 use futures_util::StreamExt;
 use iam_provisioner::amqp::topology::TopologyNames;
 use iam_provisioner::okta_sim::{test_key_pair, KeyKind, OktaSim, SimConfig, SimOAuthClient};
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
-
-const BINARY: &str = env!("CARGO_BIN_EXE_iam-provisioner");
-
-/// The service as a child process, every line it writes (stdout and stderr) kept.
-struct Service {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Service {
-    fn spawn(names: &TopologyNames, env: &[(&str, &str)]) -> Self {
-        let mut command = Command::new(BINARY);
-        command
-            .arg("run")
-            .env_clear()
-            .env("AMQP_URL", AMQP_URL)
-            .env("GROUP_MAPPING", r#"{"Sales": "Sales-App-Access"}"#)
-            .env("INPUT_EXCHANGE", &names.input_exchange)
-            .env("WORK_QUEUE", &names.work_queue)
-            .env("RESULTS_EXCHANGE", &names.results_exchange)
-            .env("DEAD_LETTER_EXCHANGE", &names.dead_letter_exchange)
-            .env("DEAD_LETTER_QUEUE", &names.dead_letter_queue)
-            .env("HTTP_LISTEN", "127.0.0.1:0")
-            .env("RUST_LOG", "trace")
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = command.spawn().expect("service starts");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let streams: Vec<Box<dyn Read + Send>> = vec![
-            Box::new(child.stderr.take().expect("stderr")),
-            Box::new(child.stdout.take().expect("stdout")),
-        ];
-        for stream in streams {
-            let log = Arc::clone(&log);
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    log.lock().expect("log").push(line);
-                }
-            });
-        }
-        Self { child, log }
-    }
-
-    async fn wait_for_log(&self, needle: &str) {
-        let deadline = Instant::now() + PATIENCE;
-        while Instant::now() < deadline {
-            if self
-                .log
-                .lock()
-                .expect("log")
-                .iter()
-                .any(|l| l.contains(needle))
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("the log never said {needle:?}");
-    }
-
-    async fn stop(&mut self) -> String {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success());
-        let deadline = Instant::now() + PATIENCE;
-        let exit = loop {
-            if let Some(exit) = self.child.try_wait().expect("try_wait") {
-                break exit;
-            }
-            assert!(Instant::now() < deadline, "the service did not exit");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        assert_eq!(exit.code(), Some(0));
-        // The pipes close at exit; give the reader threads their last lines.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        self.log.lock().expect("log").join("\n")
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[tokio::test]
 async fn no_key_assertion_or_access_token_reaches_the_output_even_at_trace() {
@@ -128,9 +39,10 @@ async fn no_key_assertion_or_access_token_reaches_the_output_even_at_trace() {
     .await
     .expect("sim");
     let (_conn, channel, mut outcomes) = observe(&names).await;
-    let mut service = Service::spawn(
+    let mut service = ServiceProcess::spawn_without_okta(
         &names,
         &[
+            ("RUST_LOG", "trace"),
             ("OKTA_ORG_URL", &sim.base_url()),
             ("OKTA_CLIENT_ID", "0oaSECRETS"),
             ("OKTA_PRIVATE_KEY", &keys.private_pem),
@@ -185,7 +97,9 @@ async fn no_key_assertion_or_access_token_reaches_the_output_even_at_trace() {
     .await;
     assert_eq!(next_outcome(&mut outcomes).await["status"], "failed");
 
-    let log = service.stop().await;
+    service.terminate();
+    assert_eq!(service.wait_exit().await.code(), Some(0));
+    let log = service.log_text();
     assert!(log.contains("TRACE"), "trace level was on");
     assert!(
         log.contains("obtained an Okta access token"),

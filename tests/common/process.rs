@@ -18,13 +18,23 @@ pub struct ServiceProcess {
 
 impl ServiceProcess {
     pub fn spawn(names: &TopologyNames, sim: &OktaSim, extra: &[(&str, &str)]) -> Self {
+        let (url, token) = (sim.base_url(), sim.api_token());
+        let mut env = vec![
+            ("OKTA_ORG_URL", url.as_str()),
+            ("OKTA_API_TOKEN", token.as_str()),
+        ];
+        env.extend_from_slice(extra);
+        Self::spawn_without_okta(names, &env)
+    }
+
+    /// Like [`ServiceProcess::spawn`], with no Okta settings of its own: `extra` gives
+    /// them (an OAuth service app, say).
+    pub fn spawn_without_okta(names: &TopologyNames, extra: &[(&str, &str)]) -> Self {
         let mut command = Command::new(BINARY);
         command
             .arg("run")
             .env_clear()
             .env("AMQP_URL", AMQP_URL)
-            .env("OKTA_ORG_URL", sim.base_url())
-            .env("OKTA_API_TOKEN", sim.api_token())
             .env("GROUP_MAPPING", r#"{"Sales": "Sales-App-Access"}"#)
             .env("INPUT_EXCHANGE", &names.input_exchange)
             .env("WORK_QUEUE", &names.work_queue)
