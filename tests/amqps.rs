@@ -23,8 +23,6 @@ use tokio_rustls::rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::TlsAcceptor;
 
-const BINARY: &str = env!("CARGO_BIN_EXE_iam-provisioner");
-
 /// A CA (its PEM in a file, for `SSL_CERT_FILE`) and a server certificate it signed for
 /// `localhost` only.
 struct TestPki {
@@ -95,19 +93,10 @@ async fn tls_proxy(acceptor: TlsAcceptor) -> (SocketAddr, Arc<AtomicUsize>) {
 }
 
 fn service(names: &TopologyNames, sim: &OktaSim, amqp_url: &str) -> Command {
-    let mut command = Command::new(BINARY);
+    let mut command = common::process::run_command(names, amqp_url);
     command
-        .arg("run")
-        .env_clear()
-        .env("AMQP_URL", amqp_url)
         .env("OKTA_ORG_URL", sim.base_url())
         .env("OKTA_API_TOKEN", sim.api_token())
-        .env("INPUT_EXCHANGE", &names.input_exchange)
-        .env("WORK_QUEUE", &names.work_queue)
-        .env("RESULTS_EXCHANGE", &names.results_exchange)
-        .env("DEAD_LETTER_EXCHANGE", &names.dead_letter_exchange)
-        .env("DEAD_LETTER_QUEUE", &names.dead_letter_queue)
-        .env("HTTP_LISTEN", "127.0.0.1:0")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     command

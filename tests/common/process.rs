@@ -10,6 +10,23 @@ use std::time::{Duration, Instant};
 
 pub const BINARY: &str = env!("CARGO_BIN_EXE_iam-provisioner");
 
+/// `iam-provisioner run` with a clean environment: the broker at `amqp_url`, the
+/// topology `names`, health on a free port. Okta settings and the rest are the caller's.
+pub fn run_command(names: &TopologyNames, amqp_url: &str) -> Command {
+    let mut command = Command::new(BINARY);
+    command
+        .arg("run")
+        .env_clear()
+        .env("AMQP_URL", amqp_url)
+        .env("INPUT_EXCHANGE", &names.input_exchange)
+        .env("WORK_QUEUE", &names.work_queue)
+        .env("RESULTS_EXCHANGE", &names.results_exchange)
+        .env("DEAD_LETTER_EXCHANGE", &names.dead_letter_exchange)
+        .env("DEAD_LETTER_QUEUE", &names.dead_letter_queue)
+        .env("HTTP_LISTEN", "127.0.0.1:0");
+    command
+}
+
 /// A service process whose standard error is collected line by line.
 pub struct ServiceProcess {
     child: Child,
@@ -30,18 +47,9 @@ impl ServiceProcess {
     /// Like [`ServiceProcess::spawn`], with no Okta settings of its own: `extra` gives
     /// them (an OAuth service app, say).
     pub fn spawn_without_okta(names: &TopologyNames, extra: &[(&str, &str)]) -> Self {
-        let mut command = Command::new(BINARY);
+        let mut command = run_command(names, AMQP_URL);
         command
-            .arg("run")
-            .env_clear()
-            .env("AMQP_URL", AMQP_URL)
             .env("GROUP_MAPPING", r#"{"Sales": "Sales-App-Access"}"#)
-            .env("INPUT_EXCHANGE", &names.input_exchange)
-            .env("WORK_QUEUE", &names.work_queue)
-            .env("RESULTS_EXCHANGE", &names.results_exchange)
-            .env("DEAD_LETTER_EXCHANGE", &names.dead_letter_exchange)
-            .env("DEAD_LETTER_QUEUE", &names.dead_letter_queue)
-            .env("HTTP_LISTEN", "127.0.0.1:0")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         for (key, value) in extra {
