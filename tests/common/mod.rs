@@ -26,6 +26,10 @@ use tokio_util::sync::CancellationToken;
 pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// How long a test waits for something the service should do within seconds.
 pub const PATIENCE: Duration = Duration::from_secs(30);
+/// How long a helper that waits for several outcomes may wait in all: a retry loop that
+/// never ends (a regression) fails the test here instead of hanging the suite while other
+/// events' outcomes keep arriving one by one within `PATIENCE`.
+pub const OVERALL_PATIENCE: Duration = Duration::from_secs(180);
 
 /// A unique prefix for one test's broker objects.
 pub fn unique_prefix(test: &str) -> String {
@@ -308,8 +312,13 @@ impl World {
     /// Outcomes until the terminal one (succeeded or failed) for `event_id`; returns
     /// every outcome seen for that event, terminal last.
     pub async fn outcomes_until_final(&mut self, event_id: &str) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + OVERALL_PATIENCE;
         let mut seen = Vec::new();
         loop {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no final outcome for {event_id} within {OVERALL_PATIENCE:?}; seen: {seen:?}"
+            );
             let (key, body, _) = self.next_outcome().await;
             if body["source_event_id"] != event_id {
                 continue;
@@ -336,8 +345,15 @@ impl World {
         &mut self,
         event_ids: &[String],
     ) -> std::collections::HashMap<String, Value> {
+        let deadline = tokio::time::Instant::now() + OVERALL_PATIENCE;
         let mut finals = std::collections::HashMap::new();
         while finals.len() < event_ids.len() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "only {} of {} final outcomes within {OVERALL_PATIENCE:?}",
+                finals.len(),
+                event_ids.len()
+            );
             let (_, body, _) = self.next_outcome().await;
             let Some(id) = body["source_event_id"].as_str() else {
                 continue;
