@@ -14,8 +14,11 @@ use std::time::Duration;
 
 /// A service whose work lane takes one hire at a time from a fake Okta that answers
 /// each request after `latency`: a backlog of `n` hires takes at least `n × latency`.
+/// The service is stopped on return: a test queues its whole backlog and then calls
+/// `restart_service`, so that a loaded machine cannot drain the backlog while it is still
+/// being published (order, not timing, decides what the test sees).
 async fn slow_backlog_world(test: &str, latency: Duration) -> World {
-    World::start_with(
+    let mut world = World::start_with(
         test,
         Options {
             env: vec![("CONCURRENCY", "1".into())],
@@ -26,7 +29,9 @@ async fn slow_backlog_world(test: &str, latency: Duration) -> World {
             ..Options::default()
         },
     )
-    .await
+    .await;
+    world.stop_service().await;
+    world
 }
 
 /// Publishes `n` hires of employees nobody else uses; returns their event ids.
@@ -96,7 +101,7 @@ fn calls_for(world: &World, operation: &str, user_id: &str) -> usize {
         .count()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removal_behind_a_backlog_of_hires_is_carried_out_before_the_backlog_drains() {
     let mut world = slow_backlog_world("leaver-backlog", Duration::from_millis(10)).await;
     let leaver_id = world
@@ -110,6 +115,7 @@ async fn a_removal_behind_a_backlog_of_hires_is_carried_out_before_the_backlog_d
             &leaver(&removal, Some("L-1"), Some("leaver@example.com")),
         )
         .await;
+    world.restart_service().await;
 
     let before = outcomes_until_all_final(&mut world, std::slice::from_ref(&removal)).await;
     let (_, outcome) = before.last().expect("the removal's outcome");
@@ -162,7 +168,7 @@ async fn a_removal_behind_a_backlog_of_hires_is_carried_out_before_the_backlog_d
     assert_eq!(world.queue_depth(&world.names.leavers_queue()).await, 0);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removal_in_both_queues_is_carried_out_and_reported_once() {
     let mut world = World::start("leaver-twins").await;
     for n in 0..5 {
@@ -206,7 +212,7 @@ async fn a_removal_in_both_queues_is_carried_out_and_reported_once() {
     assert!(world.drain_dead_letters().await.is_empty());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hire_overtaken_by_its_removal_ends_deprovisioned_without_being_enabled() {
     let mut world = slow_backlog_world("leaver-overtakes", Duration::from_millis(10)).await;
     let backlog = publish_backlog(&world, "overtakes", 100).await;
@@ -224,6 +230,7 @@ async fn a_hire_overtaken_by_its_removal_ends_deprovisioned_without_being_enable
             &leaver(&removed, Some("E-42"), Some("brief@example.com")),
         )
         .await;
+    world.restart_service().await;
 
     let mut waited_for = backlog.clone();
     waited_for.push(added.clone());
@@ -290,7 +297,7 @@ async fn a_hire_overtaken_by_its_removal_ends_deprovisioned_without_being_enable
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_removal_is_dead_lettered_and_reported_once() {
     let mut world = World::start("leaver-invalid").await;
     let broken = event_id("broken");
@@ -318,7 +325,7 @@ async fn an_invalid_removal_is_dead_lettered_and_reported_once() {
     assert_eq!(dead.len(), 1, "one dead-letter copy");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_future_dated_removal_in_both_queues_is_parked_once_and_carried_out_once() {
     let mut world = World::start("leaver-parked").await;
     let user_id = world
@@ -356,7 +363,7 @@ async fn a_future_dated_removal_in_both_queues_is_parked_once_and_carried_out_on
     assert_eq!(calls_for(&world, "deactivateUser", &user_id), 1);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitioned_the_leavers_lane_is_only_drained_and_each_removal_reported_once() {
     let mut world = World::start_with(
         "leaver-partitioned",

@@ -19,7 +19,7 @@ fn strings(value: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hire_gets_exactly_its_mapped_groups_and_unmapped_ones_are_reported() {
     let mut world = World::start("hire").await;
     world.sim.clear_request_log();
@@ -76,7 +76,7 @@ async fn a_hire_gets_exactly_its_mapped_groups_and_unmapped_ones_are_reported() 
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_event_twice_leaves_one_user_and_no_error() {
     let mut world = World::start("dup").await;
     let id = event_id("dup");
@@ -107,7 +107,7 @@ async fn the_same_event_twice_leaves_one_user_and_no_error() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rehire_regains_only_the_new_jobs_groups() {
     let mut options = Options::default();
     options.okta_groups.push("Unmanaged-Wiki");
@@ -161,7 +161,7 @@ async fn a_rehire_regains_only_the_new_jobs_groups() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_suspended_rehire_is_unsuspended() {
     let mut world = World::start("unsuspend").await;
     let user_id = world
@@ -185,7 +185,7 @@ async fn a_suspended_rehire_is_unsuspended() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leaver_is_found_by_email_and_deactivated_after_sessions_end() {
     let mut world = World::start("leaver-email").await;
     let user_id = world
@@ -222,7 +222,7 @@ async fn a_leaver_is_found_by_email_and_deactivated_after_sessions_end() {
     assert_eq!(strings(&outcome["actions"]), Vec::<String>::new());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leaver_is_found_by_employee_id_alone() {
     let mut world = World::start("leaver-id").await;
     let user_id = world
@@ -240,7 +240,7 @@ async fn a_leaver_is_found_by_employee_id_alone() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_leaver_is_a_success_with_nothing_done() {
     let mut world = World::start("leaver-unknown").await;
     let id = event_id("ghost");
@@ -256,7 +256,7 @@ async fn an_unknown_leaver_is_a_success_with_nothing_done() {
     assert_eq!(strings(&outcome["actions"]), Vec::<String>::new());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quote_in_an_employee_id_cannot_widen_the_search() {
     let mut world = World::start("quote").await;
     let bystander = world.sim.create_user(
@@ -281,7 +281,7 @@ async fn a_quote_in_an_employee_id_cannot_widen_the_search() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn suspend_mode_suspends_an_active_leaver() {
     let options = Options {
         env: vec![("OFFBOARDING_MODE", "suspend".into())],
@@ -310,7 +310,7 @@ async fn suspend_mode_suspends_an_active_leaver() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_mode_deactivates_then_deletes() {
     let options = Options {
         env: vec![("OFFBOARDING_MODE", "delete".into())],
@@ -336,7 +336,7 @@ async fn delete_mode_deactivates_then_deletes() {
     assert!(world.sim.user(&user_id).is_none(), "user deleted");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn added_then_removed_back_to_back_ends_deprovisioned() {
     let mut world = World::start("order").await;
     for n in 0..5 {
@@ -372,7 +372,7 @@ async fn added_then_removed_back_to_back_ends_deprovisioned() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_messages_are_dead_lettered_with_their_reason_and_the_service_goes_on() {
     let mut world = World::start("poison").await;
     let json_props = || BasicProperties::default().with_content_type("application/json".into());
@@ -441,7 +441,7 @@ async fn poison_messages_are_dead_lettered_with_their_reason_and_the_service_goe
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mapped_group_missing_in_okta_dead_letters_as_a_mapping_failure() {
     let options = Options {
         mapping: json!({"Sales": "Sales-App-Access", "Finance": "Finance-Ledger"}),
@@ -478,7 +478,7 @@ async fn a_mapped_group_missing_in_okta_dead_letters_as_a_mapping_failure() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_app_group_cannot_be_mapped() {
     let options = Options {
         mapping: json!({"Sales": "Salesforce-App"}),
@@ -504,7 +504,7 @@ async fn an_app_group_cannot_be_mapped() {
         .contains("OKTA_GROUP"));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn okta_refusing_for_good_dead_letters_with_okta_details() {
     let mut world = World::start("okta-4xx").await;
     world.sim.inject_fault(Fault {
@@ -535,7 +535,7 @@ async fn okta_refusing_for_good_dead_letters_with_okta_details() {
     assert!(header_str(&headers, "x-okta-request-id").is_some());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_failures_are_retried_then_succeed() {
     let mut world = World::start("retry").await;
     world.sim.inject_fault(Fault {
@@ -567,7 +567,7 @@ async fn transient_failures_are_retried_then_succeed() {
     assert_eq!(outcomes[3]["attempt"], 4);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lasting_transient_failure_is_dead_lettered_after_max_attempts() {
     let options = Options {
         env: vec![("MAX_ATTEMPTS", "3".into())],
@@ -594,7 +594,7 @@ async fn a_lasting_transient_failure_is_dead_lettered_after_max_attempts() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_outcome_carries_the_input_traceparent() {
     let mut world = World::start("trace").await;
     let id = event_id("trace");
@@ -623,7 +623,7 @@ async fn the_outcome_carries_the_input_traceparent() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_conflicting_existing_queue_stops_start_up_and_is_left_alone() {
     let names =
         iam_provisioner::amqp::topology::TopologyNames::prefixed(&unique_prefix("conflict"));
