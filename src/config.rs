@@ -445,16 +445,25 @@ mod okta_writes_tests {
         assert!(activation_email(Some("TRUE")).expect("true"));
         assert!(!activation_email(Some("false")).expect("false"));
         let error = activation_email(Some("no")).expect_err("refused");
-        assert!(error.to_string().starts_with("OKTA_ACTIVATION_EMAIL: "), "{error}");
+        assert!(
+            error.to_string().starts_with("OKTA_ACTIVATION_EMAIL: "),
+            "{error}"
+        );
     }
 
     #[test]
     fn removal_recheck_defaults_to_two_minutes_and_is_bounded() {
-        assert_eq!(removal_recheck(None).expect("default"), Duration::from_secs(120));
+        assert_eq!(
+            removal_recheck(None).expect("default"),
+            Duration::from_secs(120)
+        );
         assert_eq!(removal_recheck(Some("0")).expect("off"), Duration::ZERO);
         for bad in ["-1", "2m", "86401"] {
             let error = removal_recheck(Some(bad)).expect_err(bad);
-            assert!(error.to_string().starts_with("REMOVAL_RECHECK_SECS: "), "{error}");
+            assert!(
+                error.to_string().starts_with("REMOVAL_RECHECK_SECS: "),
+                "{error}"
+            );
         }
     }
 }

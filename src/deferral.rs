@@ -10,8 +10,8 @@
 use crate::amqp::headers;
 use crate::amqp::parking::{self, ParkingNames};
 use crate::amqp::publisher::{DeliveredMessage, PublishError, Publisher};
-use crate::domain::event::{EventBody, HrEvent};
 use crate::domain::event::printable;
+use crate::domain::event::{EventBody, HrEvent};
 use crate::domain::outcome::{format_timestamp, ErrorKind, Failure, Outcome, OutcomeStatus};
 use crate::domain::plan::Action;
 use crate::guard::{GuardLimits, OffboardingGuard};
@@ -206,8 +206,8 @@ impl Deferral {
         let window = self.removal_recheck;
         // The deadline is set by the first run and travels with the parked copy; a
         // header claiming more than the window is held to it.
-        let rechecking = parking::scheduled_of(message)
-            .is_some_and(|s| s.kind == ScheduledKind::RemovalRecheck);
+        let rechecking =
+            parking::scheduled_of(message).is_some_and(|s| s.kind == ScheduledKind::RemovalRecheck);
         let until = rechecking
             .then(|| parking::recheck_until_of(message))
             .flatten()

@@ -553,7 +553,9 @@ impl Provisioner {
     ) -> Result<(), ProvisionError> {
         for group in &changes.remove {
             self.okta.remove_from_group(&group.id, user_id).await?;
-            report.actions.push(Action::GroupRemoved(group.name.clone()));
+            report
+                .actions
+                .push(Action::GroupRemoved(group.name.clone()));
         }
         Ok(())
     }

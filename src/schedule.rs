@@ -216,7 +216,11 @@ mod tests {
             now = next;
         }
         assert_eq!(checks, vec![2, 4, 8, 16, 32, 64, 120]);
-        assert_eq!(next_recheck(window, until, until), None, "due: declare done");
+        assert_eq!(
+            next_recheck(window, until, until),
+            None,
+            "due: declare done"
+        );
         assert_eq!(
             next_recheck(Duration::ZERO, start, start),
             None,

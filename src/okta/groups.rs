@@ -35,7 +35,9 @@ pub enum GroupLookupError {
     Ambiguous { target: GroupTarget, count: usize },
     /// Okta's search compares names ignoring case, the mapping exactly: say what was
     /// found, so that the admin fixes the spelling rather than creating a second group.
-    #[error("mapped Okta group {target} does not exist in Okta: found '{found}', which differs in case")]
+    #[error(
+        "mapped Okta group {target} does not exist in Okta: found '{found}', which differs in case"
+    )]
     DiffersInCase { target: GroupTarget, found: String },
     #[error(transparent)]
     Okta(#[from] OktaError),
@@ -144,7 +146,10 @@ impl GroupDirectory {
                 let found = self.okta.find_groups_by_name(name).await?;
                 let found_ignoring_case = found
                     .iter()
-                    .find(|g| g.profile.name != *name && g.profile.name.to_lowercase() == name.to_lowercase())
+                    .find(|g| {
+                        g.profile.name != *name
+                            && g.profile.name.to_lowercase() == name.to_lowercase()
+                    })
                     .map(|g| g.profile.name.clone());
                 // Okta's search ignores case (and a fake or a proxy might match prefixes):
                 // only the exact name becomes a membership.
@@ -244,7 +249,10 @@ mod tests {
     async fn a_group_found_only_in_another_case_is_named_in_the_error() {
         let (_sim, directory) = directory(Duration::from_secs(300)).await;
         let target = GroupTarget::Name("sales-app-access".into());
-        let error = directory.resolve(&target).await.expect_err("not the exact name");
+        let error = directory
+            .resolve(&target)
+            .await
+            .expect_err("not the exact name");
         assert!(
             error
                 .to_string()

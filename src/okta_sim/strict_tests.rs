@@ -67,13 +67,23 @@ async fn a_deactivated_user_is_read_only_unless_the_org_allows_edits() {
             Some(json!({"profile": {"title": "New"}})),
         )
         .await;
-    assert_eq!((status.as_u16(), &body["errorCode"]), (403, &json!("E0000038")));
+    assert_eq!(
+        (status.as_u16(), &body["errorCode"]),
+        (403, &json!("E0000038"))
+    );
     let membership = format!("/api/v1/groups/{group}/users/{user}");
     let (status, body) = org.call(Method::PUT, &membership, None).await;
-    assert_eq!((status.as_u16(), &body["errorCode"]), (403, &json!("E0000038")));
+    assert_eq!(
+        (status.as_u16(), &body["errorCode"]),
+        (403, &json!("E0000038"))
+    );
     org.sim.add_member(&group, &user);
     let (status, _) = org.call(Method::DELETE, &membership, None).await;
-    assert_eq!(status.as_u16(), 204, "removing a membership works in any status");
+    assert_eq!(
+        status.as_u16(),
+        204,
+        "removing a membership works in any status"
+    );
 
     let org = Org::start(lenient_edits()).await;
     let user = org.deactivated("gone@example.com");
@@ -87,7 +97,10 @@ async fn a_deactivated_user_is_read_only_unless_the_org_allows_edits() {
         .await;
     assert_eq!(status.as_u16(), 200);
     let membership = format!("/api/v1/groups/{group}/users/{user}");
-    assert_eq!(org.call(Method::PUT, &membership, None).await.0.as_u16(), 204);
+    assert_eq!(
+        org.call(Method::PUT, &membership, None).await.0.as_u16(),
+        204
+    );
 }
 
 #[tokio::test]
@@ -96,7 +109,11 @@ async fn activation_emails_the_user_unless_told_not_to() {
     let mailed = org.deactivated("mailed@example.com");
     let silent = org.deactivated("silent@example.com");
     let (status, body) = org
-        .call(Method::POST, &format!("/api/v1/users/{mailed}/lifecycle/activate"), None)
+        .call(
+            Method::POST,
+            &format!("/api/v1/users/{mailed}/lifecycle/activate"),
+            None,
+        )
         .await;
     assert_eq!((status.as_u16(), body), (200, json!({})));
     let (status, body) = org
@@ -111,7 +128,10 @@ async fn activation_emails_the_user_unless_told_not_to() {
     let emails = org.sim.emails_sent();
     assert_eq!(emails.len(), 1, "{emails:?}");
     assert_eq!(emails[0].user_id, mailed);
-    assert_eq!((emails[0].kind, emails[0].operation), ("activation", "activateUser"));
+    assert_eq!(
+        (emails[0].kind, emails[0].operation),
+        ("activation", "activateUser")
+    );
     let (_, listed) = org.call(Method::GET, "/__sim/emails", None).await;
     assert_eq!(listed[0]["user_id"], mailed.as_str());
 }
@@ -126,14 +146,28 @@ async fn search_lags_a_created_user_while_get_user_does_not() {
     let profile = json!({"login": "new@example.com", "email": "new@example.com",
         "firstName": "N", "lastName": "U", "employeeNumber": "E-77"});
     let (status, created) = org
-        .call(Method::POST, "/api/v1/users?activate=true", Some(json!({"profile": profile})))
+        .call(
+            Method::POST,
+            "/api/v1/users?activate=true",
+            Some(json!({"profile": profile})),
+        )
         .await;
     assert_eq!(status.as_u16(), 200);
     let search = "/api/v1/users?search=profile.employeeNumber%20eq%20%22E-77%22";
-    assert_eq!(org.call(Method::GET, search, None).await.1, json!([]), "not indexed yet");
-    let (status, _) = org.call(Method::GET, "/api/v1/users/new@example.com", None).await;
+    assert_eq!(
+        org.call(Method::GET, search, None).await.1,
+        json!([]),
+        "not indexed yet"
+    );
+    let (status, _) = org
+        .call(Method::GET, "/api/v1/users/new@example.com", None)
+        .await;
     assert_eq!(status.as_u16(), 200, "getUser is consistent");
-    assert_eq!(org.sim.emails_sent().len(), 1, "createUser?activate=true mails");
+    assert_eq!(
+        org.sim.emails_sent().len(),
+        1,
+        "createUser?activate=true mails"
+    );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
         let (_, found) = org.call(Method::GET, search, None).await;
@@ -149,10 +183,18 @@ async fn search_lags_a_created_user_while_get_user_does_not() {
         ..SimConfig::default()
     })
     .await;
-    org.call(Method::POST, "/api/v1/users", Some(json!({"profile": profile})))
-        .await;
+    org.call(
+        Method::POST,
+        "/api/v1/users",
+        Some(json!({"profile": profile})),
+    )
+    .await;
     let (_, found) = org.call(Method::GET, search, None).await;
-    assert_eq!(found.as_array().map(Vec::len), Some(1), "no lag: found at once");
+    assert_eq!(
+        found.as_array().map(Vec::len),
+        Some(1),
+        "no lag: found at once"
+    );
 }
 
 #[tokio::test]
@@ -166,7 +208,10 @@ async fn a_login_with_a_slash_is_found_by_search_only_and_eq_ignores_case() {
     let (status, body) = org
         .call(Method::GET, "/api/v1/users/ops%2Fada@example.com", None)
         .await;
-    assert_eq!((status.as_u16(), &body["errorCode"]), (404, &json!("E0000007")));
+    assert_eq!(
+        (status.as_u16(), &body["errorCode"]),
+        (404, &json!("E0000007"))
+    );
     let (status, _) = org
         .call(Method::GET, "/api/v1/users/ops%5Bada%5D@example.com", None)
         .await;
@@ -179,7 +224,8 @@ async fn a_login_with_a_slash_is_found_by_search_only_and_eq_ignores_case() {
         )
         .await;
     assert_eq!(found[0]["id"], id.as_str(), "eq ignores case: {found}");
-    org.sim.create_group("Sales-App-Access", GroupType::OktaGroup);
+    org.sim
+        .create_group("Sales-App-Access", GroupType::OktaGroup);
     let (_, groups) = org
         .call(
             Method::GET,
