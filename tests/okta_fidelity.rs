@@ -567,3 +567,28 @@ async fn a_link_to_another_origin_is_never_followed_with_the_credential() {
     );
     assert_eq!(reached.load(Ordering::SeqCst), 0, "nothing was sent there");
 }
+
+#[test]
+fn a_bad_okta_writes_setting_stops_start_up_with_one_line_naming_it() {
+    for (variable, value) in [
+        ("OKTA_ACTIVATION_EMAIL", "sometimes"),
+        ("REMOVAL_RECHECK_SECS", "2m"),
+    ] {
+        let output = std::process::Command::new(common::process::BINARY)
+            .arg("run")
+            .env_clear()
+            .env("OKTA_ORG_URL", "https://acme.okta.com")
+            .env("OKTA_API_TOKEN", "t")
+            .env(variable, value)
+            .output()
+            .expect("runs");
+        assert!(
+            !output.status.success(),
+            "{variable}={value} must not start"
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "one clear line: {stderr}");
+        assert!(lines[0].contains(variable), "{stderr}");
+    }
+}
