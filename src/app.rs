@@ -158,7 +158,8 @@ impl Application {
                     settings.activation_time,
                     settings.offboarding_guard,
                     settings.dry_run,
-                ),
+                )
+                .with_removal_recheck(settings.removal_recheck),
                 // Partitioned, per-employee order across replicas comes from the
                 // partitions, which the leavers lane would bypass: its copies are only
                 // drained there (see `crate::lanes`).

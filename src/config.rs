@@ -64,6 +64,8 @@ struct RawEnv {
     replica_index: Option<u16>,
     partition_standby_delay_ms: Option<u64>,
     hostname: Option<String>,
+    okta_activation_email: Option<String>,
+    removal_recheck_secs: Option<String>,
 }
 
 /// A configuration mistake; the message names the variable.
@@ -216,6 +218,9 @@ pub struct Settings {
     pub mapping_poll: Option<Duration>,
     /// Partitioned mode (`PARTITIONS`), or `None`: one work queue, as without it.
     pub partitioning: Option<Partitioning>,
+    /// `REMOVAL_RECHECK_SECS`: how long a removal by employee id alone that finds nobody
+    /// is checked again (Okta's search lags writes); zero: never.
+    pub removal_recheck: Duration,
 }
 
 /// Partitioned mode: events spread over `partitions` single-active-consumer queues by
@@ -353,6 +358,7 @@ impl Settings {
         }
         let dry_run = raw.dry_run.unwrap_or(false);
         okta_client.dry_run = dry_run;
+        okta_client.activation_email = activation_email(raw.okta_activation_email.as_deref())?;
         let offboarding_guard =
             guard_limits(raw.offboarding_guard_max, raw.offboarding_guard_window)?;
         let activation_time = match raw.activation_time_of_day.as_deref() {
@@ -395,7 +401,70 @@ impl Settings {
             activation_time,
             mapping_poll,
             partitioning: partitioning(&raw)?,
+            removal_recheck: removal_recheck(raw.removal_recheck_secs.as_deref())?,
         })
+    }
+}
+
+/// `OKTA_ACTIVATION_EMAIL`: `true` (the default, as Okta's own) or `false`.
+fn activation_email(value: Option<&str>) -> Result<bool, ConfigError> {
+    match value.map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+        None | Some("true") => Ok(true),
+        Some("false") => Ok(false),
+        Some(_) => Err(invalid(
+            "OKTA_ACTIVATION_EMAIL",
+            "must be true (Okta emails users the service activates) or false (orgs whose users need no Okta password)",
+        )),
+    }
+}
+
+/// The longest `REMOVAL_RECHECK_SECS`: a removal is never kept open for longer.
+const MAX_REMOVAL_RECHECK_SECS: u64 = 86_400;
+
+/// `REMOVAL_RECHECK_SECS`: whole seconds, 0 to [`MAX_REMOVAL_RECHECK_SECS`].
+fn removal_recheck(value: Option<&str>) -> Result<Duration, ConfigError> {
+    let Some(value) = value else {
+        return Ok(crate::deferral::DEFAULT_REMOVAL_RECHECK);
+    };
+    match value.trim().parse::<u64>() {
+        Ok(secs) if secs <= MAX_REMOVAL_RECHECK_SECS => Ok(Duration::from_secs(secs)),
+        _ => Err(invalid(
+            "REMOVAL_RECHECK_SECS",
+            format!("must be whole seconds from 0 (never re-check) to {MAX_REMOVAL_RECHECK_SECS}"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod okta_writes_tests {
+    use super::*;
+
+    #[test]
+    fn activation_email_is_on_unless_turned_off() {
+        assert!(activation_email(None).expect("default"));
+        assert!(activation_email(Some("TRUE")).expect("true"));
+        assert!(!activation_email(Some("false")).expect("false"));
+        let error = activation_email(Some("no")).expect_err("refused");
+        assert!(
+            error.to_string().starts_with("OKTA_ACTIVATION_EMAIL: "),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn removal_recheck_defaults_to_two_minutes_and_is_bounded() {
+        assert_eq!(
+            removal_recheck(None).expect("default"),
+            Duration::from_secs(120)
+        );
+        assert_eq!(removal_recheck(Some("0")).expect("off"), Duration::ZERO);
+        for bad in ["-1", "2m", "86401"] {
+            let error = removal_recheck(Some(bad)).expect_err(bad);
+            assert!(
+                error.to_string().starts_with("REMOVAL_RECHECK_SECS: "),
+                "{error}"
+            );
+        }
     }
 }
 

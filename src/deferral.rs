@@ -10,12 +10,14 @@
 use crate::amqp::headers;
 use crate::amqp::parking::{self, ParkingNames};
 use crate::amqp::publisher::{DeliveredMessage, PublishError, Publisher};
+use crate::domain::event::printable;
 use crate::domain::event::{EventBody, HrEvent};
-use crate::domain::outcome::{format_timestamp, Outcome, OutcomeStatus};
+use crate::domain::outcome::{format_timestamp, ErrorKind, Failure, Outcome, OutcomeStatus};
 use crate::domain::plan::Action;
 use crate::guard::{GuardLimits, OffboardingGuard};
 use crate::provisioner::{Purpose, Report};
 use crate::schedule::{self, Scheduled, ScheduledKind};
+use std::time::Duration;
 use time::{OffsetDateTime, Time};
 
 /// What the worker does next with an event.
@@ -33,7 +35,14 @@ pub struct Deferral {
     activation_time: Time,
     guard: Option<OffboardingGuard>,
     dry_run: bool,
+    /// `REMOVAL_RECHECK_SECS`: how long a removal by employee id alone that finds
+    /// nobody is checked again before it is declared done; zero: never.
+    removal_recheck: Duration,
 }
+
+/// `REMOVAL_RECHECK_SECS` when unset: Okta's search usually catches up within seconds;
+/// two minutes covers a slow index without keeping a leaver's removal open for long.
+pub const DEFAULT_REMOVAL_RECHECK: Duration = Duration::from_secs(120);
 
 impl Deferral {
     /// For the work queue `work_queue`; hires are activated at `activation_time` (UTC)
@@ -49,6 +58,16 @@ impl Deferral {
             activation_time,
             guard: guard.map(OffboardingGuard::new),
             dry_run,
+            removal_recheck: DEFAULT_REMOVAL_RECHECK,
+        }
+    }
+
+    /// The same, checking a removal that found nobody by employee id alone again for
+    /// `window` (`REMOVAL_RECHECK_SECS`; zero: never).
+    pub fn with_removal_recheck(self, window: Duration) -> Self {
+        Self {
+            removal_recheck: window,
+            ..self
         }
     }
 
@@ -67,6 +86,18 @@ impl Deferral {
         let scheduled = parking::scheduled_of(message);
         match &event.body {
             EventBody::Removed { effective_at, .. } => {
+                if let Some(recheck) = scheduled.filter(|s| s.kind == ScheduledKind::RemovalRecheck)
+                {
+                    // A re-check already passed the guard (or was released) on its first
+                    // run: it waits for its time, then runs.
+                    if schedule::remaining(recheck.due, now).is_some() {
+                        let until = parking::recheck_until_of(message).unwrap_or(recheck.due);
+                        self.park_recheck(message, recheck.due, until, now, publisher)
+                            .await?;
+                        return Ok(Gate::Deferred);
+                    }
+                    return Ok(Gate::Provision(Purpose::Now));
+                }
                 let parked_before = scheduled.filter(|s| s.kind == ScheduledKind::Removal);
                 let due = parked_before.map(|s| s.due).or(*effective_at);
                 if let Some(due) = due.filter(|due| schedule::remaining(*due, now).is_some()) {
@@ -151,6 +182,77 @@ impl Deferral {
                 .push(Action::ActivationScheduled(format_timestamp(activate_at)));
         }
         Ok(())
+    }
+
+    /// After a removal ran: when it found nobody by employee id alone, Okta's lagging
+    /// search is not yet proof that nobody has the id. The removal is parked to run
+    /// again (`schedule::next_recheck`) until `REMOVAL_RECHECK_SECS` after its first
+    /// run; the returned failure makes its outcome `retrying`. When that time is over,
+    /// it is done, with the action `user.not_found`.
+    ///
+    /// # Errors
+    /// [`PublishError`] when the parked copy was not confirmed.
+    pub async fn recheck_if_unproven(
+        &self,
+        event: &HrEvent,
+        message: &DeliveredMessage,
+        report: &mut Report,
+        publisher: &Publisher,
+    ) -> Result<Option<Failure>, PublishError> {
+        if !report.nobody_by_employee_id {
+            return Ok(None);
+        }
+        let now = OffsetDateTime::now_utc();
+        let window = self.removal_recheck;
+        // The deadline is set by the first run and travels with the parked copy; a
+        // header claiming more than the window is held to it.
+        let rechecking =
+            parking::scheduled_of(message).is_some_and(|s| s.kind == ScheduledKind::RemovalRecheck);
+        let until = rechecking
+            .then(|| parking::recheck_until_of(message))
+            .flatten()
+            .map_or(now + window, |until| until.min(now + window));
+        let next = schedule::next_recheck(window, until, now).filter(|_| !self.dry_run);
+        let Some(next) = next else {
+            report.actions.push(Action::UserNotFound);
+            return Ok(None);
+        };
+        self.park_recheck(message, next, until, now, publisher)
+            .await?;
+        report
+            .actions
+            .push(Action::RecheckScheduled(format_timestamp(next)));
+        let employee_id = event.employee_id().map(|i| printable(i.as_str()));
+        tracing::info!(
+            event_id = event.event_id.as_str(),
+            next = %format_timestamp(next),
+            until = %format_timestamp(until),
+            "removal by employee id found nobody yet; Okta's search lags, checking again"
+        );
+        Ok(Some(Failure::new(
+            ErrorKind::Transient,
+            format!(
+                "no Okta user has employeeNumber '{}' yet; Okta's search lags writes, so the removal is checked again at {} (until {})",
+                employee_id.unwrap_or_default(),
+                format_timestamp(next),
+                format_timestamp(until)
+            ),
+        )))
+    }
+
+    async fn park_recheck(
+        &self,
+        message: &DeliveredMessage,
+        due: OffsetDateTime,
+        until: OffsetDateTime,
+        now: OffsetDateTime,
+        publisher: &Publisher,
+    ) -> Result<(), PublishError> {
+        let left = schedule::remaining(due, now).unwrap_or_default();
+        let bucket = schedule::bucket_for(left);
+        parking::recheck_copy(&self.names, message, due, until, bucket)
+            .send(publisher)
+            .await
     }
 
     async fn park(

@@ -49,12 +49,13 @@ pub const EVENT_TYPE_LABELS: [&str; 4] = [
 ];
 
 /// Every value the `error_kind` label takes.
-pub const ERROR_KINDS: [ErrorKind; 5] = [
+pub const ERROR_KINDS: [ErrorKind; 6] = [
     ErrorKind::Validation,
     ErrorKind::Mapping,
     ErrorKind::Okta,
     ErrorKind::Transient,
     ErrorKind::RateLimited,
+    ErrorKind::Conflict,
 ];
 
 /// End-to-end processing, from delivery to acknowledgement: milliseconds for a cached

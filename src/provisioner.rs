@@ -4,7 +4,7 @@
 //! path converges: running it again for the same event (a redelivery after a crash, a
 //! duplicate publish) finds the work done and does nothing more.
 
-use crate::domain::event::{EmployeeRecord, EventBody, HrEvent, LeaverRef};
+use crate::domain::event::{printable, EmployeeRecord, EventBody, HrEvent, LeaverRef};
 use crate::domain::mapping::GroupMapping;
 use crate::domain::outcome::{ErrorKind, Failure};
 use crate::domain::plan::{self, AccountStatus, Action, LifecycleStep, OffboardingMode};
@@ -77,6 +77,10 @@ pub struct Report {
     pub okta_user_id: Option<String>,
     pub actions: Vec<Action>,
     pub unmapped_groups: Vec<String>,
+    /// A removal by employee id alone (no email) found nobody. Okta's search lags
+    /// writes, so that is not yet proof that nobody has the id: `deferral.rs` checks
+    /// again for a while before declaring it done.
+    pub nobody_by_employee_id: bool,
 }
 
 /// Why an event could not be carried out.
@@ -90,6 +94,14 @@ pub enum ProvisionError {
     AmbiguousEmployee { employee_id: String, count: usize },
     #[error("Okta reported login {login:?} as taken but returned no such user; will retry")]
     VanishedUser { login: String },
+    /// The account found by login belongs to someone else in HR's eyes (contract
+    /// section 3, "Trust"); nothing was changed.
+    #[error("Okta user {login} has employeeNumber '{okta_employee_number}', not this event's employee id '{event_employee_id}'; an account HR does not own is never adopted or changed (see docs/okta.md, \"Changing an employee id\")")]
+    NotOwned {
+        login: String,
+        okta_employee_number: String,
+        event_employee_id: String,
+    },
 }
 
 impl From<GroupLookupError> for ProvisionError {
@@ -114,6 +126,7 @@ impl ProvisionError {
             ProvisionError::VanishedUser { .. } => {
                 Failure::new(ErrorKind::Transient, self.to_string())
             }
+            ProvisionError::NotOwned { .. } => Failure::new(ErrorKind::Conflict, self.to_string()),
         }
     }
 }
@@ -242,6 +255,7 @@ impl Provisioner {
                         login: login.to_owned(),
                     }
                 })?;
+                check_owned(&user, record.id.as_str())?;
                 report.okta_user_id = Some(user.id.clone());
                 if plan::is_stale_replay(
                     facts.replay_count,
@@ -251,21 +265,25 @@ impl Provisioner {
                     report.actions.push(Action::SkippedStale);
                     return Ok(report);
                 }
-                // Memberships first: a rehire must never be enabled while still holding
-                // a previous job's groups.
-                self.sync_membership(&user, &desired, &mut report).await?;
-                self.sync_profile(&user, record, &mut report).await?;
+                // Okta's order for a rehire (contract section 3): a deactivated user may
+                // lose memberships but, in a default org, gains none and keeps its
+                // profile until it is active again. Stale access goes first, so the
+                // account is never enabled with a previous job's groups.
+                let changes = self.membership_changes(&user, &desired).await?;
+                self.remove_stale(&user.id, &changes, &mut report).await?;
+                let mut status = user.account_status();
+                if !staging && !facts.overtaken_by_removal {
+                    status = self
+                        .enable(&user.id, &status, plan::rehire_step(&status), &mut report)
+                        .await?;
+                }
+                // Staged or overtaken, a deactivated user stays so: what Okta refuses now
+                // is written when it is activated (`activate_scheduled`, or the next hire).
+                self.write_profile_and_groups(&user, &status, record, &changes.add, &mut report)
+                    .await?;
                 if facts.overtaken_by_removal {
                     self.apply_offboarding(&user, &mut report).await?;
-                    return Ok(report);
                 }
-                let status = user.account_status();
-                if staging {
-                    // Enabled, if at all, when the start date comes.
-                    return Ok(report);
-                }
-                self.enable(&user.id, &status, plan::rehire_step(&status), &mut report)
-                    .await?;
                 Ok(report)
             }
             Err(e) => Err(e.into()),
@@ -289,9 +307,12 @@ impl Provisioner {
             id: Some(record.id.clone()),
             email: Some(record.email.clone()),
         };
-        let Some(user) = self.find_user(&leaver_ref).await? else {
+        let Some((user, found_by)) = self.find_user(&leaver_ref).await? else {
             return Ok(report);
         };
+        if found_by == FoundBy::Login {
+            check_owned(&user, record.id.as_str())?;
+        }
         report.okta_user_id = Some(user.id.clone());
         if plan::is_stale_replay(
             facts.replay_count,
@@ -301,8 +322,18 @@ impl Provisioner {
             report.actions.push(Action::SkippedStale);
             return Ok(report);
         }
-        self.sync_membership(&user, &desired, &mut report).await?;
-        self.sync_profile(&user, record, &mut report).await?;
+        // Never a status change: on a deactivated user, what Okta refuses is skipped
+        // and said so (the next rehire writes it).
+        let changes = self.membership_changes(&user, &desired).await?;
+        self.remove_stale(&user.id, &changes, &mut report).await?;
+        self.write_profile_and_groups(
+            &user,
+            &user.account_status(),
+            record,
+            &changes.add,
+            &mut report,
+        )
+        .await?;
         Ok(report)
     }
 
@@ -319,49 +350,79 @@ impl Provisioner {
             id: Some(record.id.clone()),
             email: Some(record.email.clone()),
         };
-        let Some(user) = self.find_user(&who).await? else {
+        let Some((user, found_by)) = self.find_user(&who).await? else {
             return Ok(report);
         };
+        if found_by == FoundBy::Login {
+            check_owned(&user, record.id.as_str())?;
+        }
         report.okta_user_id = Some(user.id.clone());
         let status = user.account_status();
-        let step = plan::activation_step(&status, user.status_changed_at(), event.occurred_at);
-        self.enable(&user.id, &status, step, &mut report).await?;
+        let Some(step) =
+            plan::activation_step(&status, user.status_changed_at(), event.occurred_at)
+        else {
+            return Ok(report);
+        };
+        // As a rehire: stale access off, enable, then what a deactivated user could not
+        // be given when the hire was staged.
+        let mapping = self.mapping.current();
+        let resolved = mapping.resolve(&record.groups);
+        let desired = self.resolve_all(&resolved.targets).await?;
+        report.unmapped_groups = resolved.unmapped;
+        let changes = self.membership_changes(&user, &desired).await?;
+        self.remove_stale(&user.id, &changes, &mut report).await?;
+        let status = self
+            .enable(&user.id, &status, Some(step), &mut report)
+            .await?;
+        self.write_profile_and_groups(&user, &status, record, &changes.add, &mut report)
+            .await?;
         Ok(report)
     }
 
-    /// Carries out an enabling step the plan chose for a user now in `status`.
+    /// Carries out an enabling step the plan chose for a user now in `status`; returns
+    /// the status the user is in afterwards.
     async fn enable(
         &self,
         user_id: &str,
         status: &AccountStatus,
         step: Option<LifecycleStep>,
         report: &mut Report,
-    ) -> Result<(), ProvisionError> {
+    ) -> Result<AccountStatus, ProvisionError> {
         match step {
-            // False when Okta says the user is already active: nothing done.
-            Some(LifecycleStep::Activate) if self.okta.activate_user(user_id).await? => {
-                report
-                    .actions
-                    .push(if *status == AccountStatus::Deprovisioned {
-                        Action::UserReactivated
-                    } else {
-                        Action::UserActivated
-                    });
+            Some(LifecycleStep::Activate) => {
+                // False when Okta says the user is already active: nothing done.
+                if self.okta.activate_user(user_id).await? {
+                    report
+                        .actions
+                        .push(if *status == AccountStatus::Deprovisioned {
+                            Action::UserReactivated
+                        } else {
+                            Action::UserActivated
+                        });
+                }
+                // Activated without a password: PROVISIONED until the user signs in.
+                Ok(AccountStatus::Provisioned)
             }
             Some(LifecycleStep::Unsuspend) => {
                 self.okta.unsuspend_user(user_id).await?;
                 report.actions.push(Action::UserUnsuspended);
+                Ok(AccountStatus::Active)
             }
-            _ => {}
+            _ => Ok(status.clone()),
         }
-        Ok(())
     }
 
     async fn offboard(&self, leaver: &LeaverRef) -> Result<Report, ProvisionError> {
         let mut report = Report::default();
-        let Some(user) = self.find_user(leaver).await? else {
+        let Some((user, found_by)) = self.find_user(leaver).await? else {
+            // Found by login, "nobody" is Okta's consistent answer; by the lagging
+            // search alone, it may not be yet.
+            report.nobody_by_employee_id = leaver.email.is_none() && leaver.id.is_some();
             return Ok(report);
         };
+        if let (FoundBy::Login, Some(id)) = (found_by, &leaver.id) {
+            check_owned(&user, id.as_str())?;
+        }
         report.okta_user_id = Some(user.id.clone());
         self.apply_offboarding(&user, &mut report).await?;
         Ok(report)
@@ -399,11 +460,15 @@ impl Provisioner {
         Ok(())
     }
 
-    /// Finds a user by login (email) first, else by `profile.employeeNumber`.
-    async fn find_user(&self, who: &LeaverRef) -> Result<Option<OktaUser>, ProvisionError> {
+    /// Finds a user by login (email) first, else by `profile.employeeNumber`, and says
+    /// which found it (a user found by login may belong to another employee).
+    async fn find_user(
+        &self,
+        who: &LeaverRef,
+    ) -> Result<Option<(OktaUser, FoundBy)>, ProvisionError> {
         if let Some(email) = &who.email {
             if let Some(user) = self.okta.get_user(email.as_str()).await? {
-                return Ok(Some(user));
+                return Ok(Some((user, FoundBy::Login)));
             }
         }
         let Some(id) = &who.id else {
@@ -416,7 +481,7 @@ impl Provisioner {
         });
         match found.len() {
             0 => Ok(None),
-            1 => Ok(found.pop()),
+            1 => Ok(found.pop().map(|user| (user, FoundBy::EmployeeNumber))),
             count => Err(ProvisionError::AmbiguousEmployee {
                 employee_id: id.as_str().to_owned(),
                 count,
@@ -452,49 +517,117 @@ impl Provisioner {
         Ok(ids)
     }
 
-    async fn sync_membership(
+    /// What must change in the user's membership of mapped groups: stale ones out,
+    /// missing ones in. Groups no mapping names are never touched.
+    async fn membership_changes(
         &self,
         user: &OktaUser,
         desired: &[ResolvedGroup],
-        report: &mut Report,
-    ) -> Result<(), ProvisionError> {
+    ) -> Result<MembershipChanges, ProvisionError> {
         let managed = self.managed_group_ids().await?;
         let current_groups = self.okta.list_user_groups(&user.id).await?;
         let current: Vec<String> = current_groups.iter().map(|g| g.id.clone()).collect();
         let desired_ids: Vec<String> = desired.iter().map(|g| g.id.clone()).collect();
         let plan = plan::plan_membership(&current, &desired_ids, &managed);
-        let name_of = |id: &str| {
-            current_groups
+        let named = |id: &String| ResolvedGroup {
+            id: id.clone(),
+            name: current_groups
                 .iter()
-                .find(|g| g.id == id)
+                .find(|g| g.id == *id)
                 .map(|g| g.profile.name.clone())
-                .or_else(|| desired.iter().find(|g| g.id == id).map(|g| g.name.clone()))
-                .unwrap_or_else(|| id.to_owned())
+                .or_else(|| desired.iter().find(|g| g.id == *id).map(|g| g.name.clone()))
+                .unwrap_or_else(|| id.clone()),
         };
-        for id in &plan.remove {
-            self.okta.remove_from_group(id, &user.id).await?;
-            report.actions.push(Action::GroupRemoved(name_of(id)));
-        }
-        for id in &plan.add {
-            self.okta.assign_to_group(id, &user.id).await?;
-            report.actions.push(Action::GroupAssigned(name_of(id)));
+        Ok(MembershipChanges {
+            remove: plan.remove.iter().map(named).collect(),
+            add: plan.add.iter().map(named).collect(),
+        })
+    }
+
+    /// Removes stale mapped memberships; Okta allows it in any status.
+    async fn remove_stale(
+        &self,
+        user_id: &str,
+        changes: &MembershipChanges,
+        report: &mut Report,
+    ) -> Result<(), ProvisionError> {
+        for group in &changes.remove {
+            self.okta.remove_from_group(&group.id, user_id).await?;
+            report
+                .actions
+                .push(Action::GroupRemoved(group.name.clone()));
         }
         Ok(())
     }
 
-    async fn sync_profile(
+    /// Writes the profile, then adds the missing mapped groups. A user in `status`
+    /// `DEPROVISIONED` may be refused both (403 `E0000038`, Okta's default): each refusal
+    /// is skipped and named in the report, never a failure; an org that allows edits of
+    /// deactivated users gets them.
+    async fn write_profile_and_groups(
         &self,
         user: &OktaUser,
+        status: &AccountStatus,
         record: &EmployeeRecord,
+        add: &[ResolvedGroup],
         report: &mut Report,
     ) -> Result<(), ProvisionError> {
+        let deactivated = *status == AccountStatus::Deprovisioned;
+        let refused = |e: &OktaError| deactivated && e.is(403, "E0000038");
         let changes = profile_changes(&user.profile, &okta_profile(record));
         if !changes.is_empty() {
-            self.okta.update_profile(&user.id, &changes).await?;
-            report.actions.push(Action::ProfileUpdated);
+            match self.okta.update_profile(&user.id, &changes).await {
+                Ok(_) => report.actions.push(Action::ProfileUpdated),
+                Err(e) if refused(&e) => report.actions.push(Action::ProfileSkippedDeactivated),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        for group in add {
+            match self.okta.assign_to_group(&group.id, &user.id).await {
+                Ok(()) => report
+                    .actions
+                    .push(Action::GroupAssigned(group.name.clone())),
+                Err(e) if refused(&e) => report
+                    .actions
+                    .push(Action::GroupSkippedDeactivated(group.name.clone())),
+                Err(e) => return Err(e.into()),
+            }
         }
         Ok(())
     }
+}
+
+/// How [`Provisioner::find_user`] found a user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FoundBy {
+    /// By login: the account may belong to someone else (see [`check_owned`]).
+    Login,
+    /// By `employeeNumber`: the account is the employee's by definition.
+    EmployeeNumber,
+}
+
+/// Membership changes with the groups' names, for the report.
+struct MembershipChanges {
+    remove: Vec<ResolvedGroup>,
+    add: Vec<ResolvedGroup>,
+}
+
+/// The contract's ownership rule (`plan::owned_by`) as an error naming both ids.
+fn check_owned(user: &OktaUser, employee_id: &str) -> Result<(), ProvisionError> {
+    let number = user.profile.get("employeeNumber").and_then(Value::as_str);
+    if plan::owned_by(number, employee_id) {
+        return Ok(());
+    }
+    let login = user
+        .profile
+        .get("login")
+        .and_then(Value::as_str)
+        .unwrap_or(&user.id);
+    Err(ProvisionError::NotOwned {
+        login: printable(login),
+        okta_employee_number: printable(number.unwrap_or_default()),
+        event_employee_id: printable(employee_id),
+    })
 }
 
 /// The Okta profile HR's record describes (contract section 2): `login` = `email`,

@@ -19,6 +19,14 @@ pub const SCHEDULED_KIND: &str = "x-scheduled-kind";
 /// headers exchange, so the message keeps its routing key, the event type). Not
 /// `x-…`: a headers exchange ignores headers with that prefix when matching.
 pub const DELAY_BUCKET: &str = "iam-delay-bucket";
+/// Header on a parked removal re-check: until when (RFC 3339) a removal by employee id
+/// alone that finds nobody is checked again (`REMOVAL_RECHECK_SECS` after its first run).
+pub const RECHECK_UNTIL: &str = "x-recheck-until";
+
+/// The shortest wait between two checks of a removal that found nobody.
+pub const MIN_RECHECK: Duration = Duration::from_secs(2);
+/// The longest wait between two checks of a removal that found nobody.
+pub const MAX_RECHECK: Duration = Duration::from_secs(60);
 
 /// One delay queue: messages wait there exactly `ttl`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +76,9 @@ pub enum ScheduledKind {
     Activation,
     /// A termination with a future `effective_at` (the parked message is the removal).
     Removal,
+    /// A removal by employee id alone that found nobody, checked again because Okta's
+    /// search lags writes (the parked message is the removal).
+    RemovalRecheck,
 }
 
 impl ScheduledKind {
@@ -76,6 +87,7 @@ impl ScheduledKind {
         match self {
             ScheduledKind::Activation => "activation",
             ScheduledKind::Removal => "removal",
+            ScheduledKind::RemovalRecheck => "removal-recheck",
         }
     }
 
@@ -84,6 +96,7 @@ impl ScheduledKind {
         match value {
             "activation" => Some(Self::Activation),
             "removal" => Some(Self::Removal),
+            "removal-recheck" => Some(Self::RemovalRecheck),
             _ => None,
         }
     }
@@ -119,6 +132,22 @@ pub fn remaining(due: OffsetDateTime, now: OffsetDateTime) -> Option<Duration> {
     } else {
         None
     }
+}
+
+/// When a removal by employee id alone that found nobody is checked next: after as
+/// long as it has been checked for already (so about log2 of the window checks in
+/// all), between [`MIN_RECHECK`] and [`MAX_RECHECK`], and never after `until`, where
+/// the last check is made. `None` once `until` has come: the search may be trusted and
+/// nobody has that id. `window` is the whole re-check time (`REMOVAL_RECHECK_SECS`).
+pub fn next_recheck(
+    window: Duration,
+    until: OffsetDateTime,
+    now: OffsetDateTime,
+) -> Option<OffsetDateTime> {
+    let left = remaining(until, now)?;
+    let elapsed = window.saturating_sub(left);
+    let step = elapsed.clamp(MIN_RECHECK, MAX_RECHECK);
+    Some(if step >= left { until } else { now + step })
 }
 
 #[cfg(test)]
@@ -175,8 +204,37 @@ mod tests {
     }
 
     #[test]
+    fn rechecks_back_off_and_end_exactly_at_the_deadline() {
+        let start = datetime!(2026-11-28 09:00 UTC);
+        let window = Duration::from_secs(120);
+        let until = start + window;
+        let mut now = start;
+        let mut checks = vec![];
+        while let Some(next) = next_recheck(window, until, now) {
+            assert!(next > now && next <= until);
+            checks.push((next - start).whole_seconds());
+            now = next;
+        }
+        assert_eq!(checks, vec![2, 4, 8, 16, 32, 64, 120]);
+        assert_eq!(
+            next_recheck(window, until, until),
+            None,
+            "due: declare done"
+        );
+        assert_eq!(
+            next_recheck(Duration::ZERO, start, start),
+            None,
+            "re-checks off"
+        );
+    }
+
+    #[test]
     fn kinds_round_trip_through_their_header_value() {
-        for kind in [ScheduledKind::Activation, ScheduledKind::Removal] {
+        for kind in [
+            ScheduledKind::Activation,
+            ScheduledKind::Removal,
+            ScheduledKind::RemovalRecheck,
+        ] {
             assert_eq!(ScheduledKind::parse(kind.as_str()), Some(kind));
         }
         assert_eq!(ScheduledKind::parse("other"), None);

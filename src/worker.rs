@@ -352,6 +352,31 @@ impl Worker {
                         .after_provisioning(purpose, message, &mut report, publisher)
                         .await
                         .map_err(Abandoned::Publish)?;
+                    // A removal that found nobody by a lagging search is checked again.
+                    let recheck = self
+                        .deferral
+                        .recheck_if_unproven(event, message, &mut report, publisher)
+                        .await
+                        .map_err(Abandoned::Publish)?;
+                    if let Some(failure) = recheck {
+                        let outcome = outcome_for(
+                            event,
+                            OutcomeStatus::Retrying,
+                            attempt,
+                            Some(report),
+                            Some(failure),
+                            dry_run,
+                        );
+                        return publisher
+                            .publish_outcome(&outcome, trace_of(message))
+                            .await
+                            .map_err(Abandoned::Publish)
+                            .inspect(|()| {
+                                self.metrics
+                                    .event_retried(&message.routing_key, ErrorKind::Transient)
+                            })
+                            .map(|()| Finished::Succeeded);
+                    }
                     let outcome = outcome_for(
                         event,
                         OutcomeStatus::Succeeded,

@@ -71,7 +71,11 @@ async fn a_transfer_moves_exactly_the_mapped_groups_and_leaves_unmanaged_ones() 
 
 #[tokio::test]
 async fn an_update_never_changes_status_and_finds_the_user_by_employee_number() {
-    let mut world = World::start("update-status").await;
+    // Groups added to a deactivated user need an org that allows it; a default org's
+    // refusal is tested in tests/okta_fidelity.rs.
+    let mut options = Options::default();
+    options.sim.deactivated_profile_edits = true;
+    let mut world = World::start_with("update-status", options).await;
     // The email changed in HR: the user is found by employeeNumber instead.
     let suspended = world.sim.create_user(
         profile("E-510", "old-510@example.com"),
@@ -271,7 +275,13 @@ async fn a_hire_starting_in_three_seconds_is_staged_with_its_groups_then_activat
 
 #[tokio::test]
 async fn a_future_dated_rehire_gets_its_new_groups_now_and_is_reenabled_on_the_start_date() {
-    let (mut world, start, start_date) = world_with_start_ahead("staged-rehire", 3).await;
+    // Groups before the start date need an org that allows edits of deactivated users;
+    // a default org gets them on the start date (tests/okta_fidelity.rs).
+    let (start, start_date, time_of_day) = whole_second_ahead(3);
+    let mut options = Options::default();
+    options.env.push(("ACTIVATION_TIME_OF_DAY", time_of_day));
+    options.sim.deactivated_profile_edits = true;
+    let mut world = World::start_with("staged-rehire", options).await;
     let user_id = world.sim.create_user(
         profile("E-605", "back@example.com"),
         UserStatus::Deprovisioned,

@@ -131,7 +131,14 @@ fn assert_labels_are_bounded(exposition: &Exposition, per_employee: &[&str]) {
         "employee.removed",
         "other",
     ];
-    let error_kinds = ["validation", "mapping", "okta", "transient", "rate_limited"];
+    let error_kinds = [
+        "validation",
+        "mapping",
+        "okta",
+        "transient",
+        "rate_limited",
+        "conflict",
+    ];
     let status_classes = ["1xx", "2xx", "3xx", "4xx", "5xx", "other", "error"];
     for (sample, label, value) in exposition.label_pairs() {
         let allowed = match label {

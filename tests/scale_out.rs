@@ -532,7 +532,14 @@ fn apply(state: &mut Intended, op: &Op, replay: bool) {
         }
         Op::Updated(groups) => {
             if state.exists && !replay {
-                state.groups = okta_groups_of(groups);
+                let desired = okta_groups_of(groups);
+                state.groups = if state.enabled {
+                    desired
+                } else {
+                    // A default org adds no group to a deactivated user; stale ones
+                    // still come off (the next rehire adds the rest).
+                    state.groups.intersection(&desired).cloned().collect()
+                };
             }
         }
         Op::Removed => {

@@ -258,7 +258,12 @@ async fn an_unknown_leaver_is_a_success_with_nothing_done() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quote_in_an_employee_id_cannot_widen_the_search() {
-    let mut world = World::start("quote").await;
+    // Nobody has the id: a short re-check window lets the removal end soon.
+    let options = Options {
+        env: vec![("REMOVAL_RECHECK_SECS", "2".into())],
+        ..Options::default()
+    };
+    let mut world = World::start_with("quote", options).await;
     let bystander = world.sim.create_user(
         profile("E-500", "bystander@example.com"),
         UserStatus::Active,

@@ -19,7 +19,8 @@ use super::topology::TopologyError;
 use crate::domain::outcome::format_timestamp;
 use crate::metrics::PublishedMessage;
 use crate::schedule::{
-    DelayBucket, Scheduled, ScheduledKind, BUCKETS, DELAY_BUCKET, SCHEDULED_FOR, SCHEDULED_KIND,
+    DelayBucket, Scheduled, ScheduledKind, BUCKETS, DELAY_BUCKET, RECHECK_UNTIL, SCHEDULED_FOR,
+    SCHEDULED_KIND,
 };
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
@@ -284,6 +285,32 @@ pub fn parked_copy(
     }
 }
 
+/// The copy of a removal that found nobody by employee id alone, parked until its next
+/// check at `due`; it carries the last moment it is checked, `until`.
+pub fn recheck_copy(
+    names: &ParkingNames,
+    message: &DeliveredMessage,
+    due: OffsetDateTime,
+    until: OffsetDateTime,
+    bucket: DelayBucket,
+) -> Outgoing {
+    let schedule = Scheduled {
+        kind: ScheduledKind::RemovalRecheck,
+        due,
+    };
+    let mut out = parked_copy(names, message, schedule, bucket);
+    let mut table = out.properties.headers().clone().unwrap_or_default();
+    headers::set_str(&mut table, RECHECK_UNTIL, &format_timestamp(until));
+    out.properties = out.properties.with_headers(table);
+    out
+}
+
+/// Until when a parked re-check of a removal is checked again, if it says.
+pub fn recheck_until_of(message: &DeliveredMessage) -> Option<OffsetDateTime> {
+    let value = headers::get_str(message.properties.headers().as_ref(), RECHECK_UNTIL)?;
+    OffsetDateTime::parse(value, &time::format_description::well_known::Rfc3339).ok()
+}
+
 /// The copy of a removal held by the guard, for the hold queue (through the default
 /// exchange).
 pub fn held_copy(
@@ -406,6 +433,29 @@ mod tests {
             ..delivered()
         };
         assert_eq!(scheduled_of(&message), Some(schedule));
+    }
+
+    #[test]
+    fn a_recheck_copy_carries_its_next_check_and_its_deadline() {
+        let names = ParkingNames::for_work_queue("q");
+        let due = datetime!(2026-12-01 00:00:02 UTC);
+        let until = datetime!(2026-12-01 00:02:00 UTC);
+        let out = recheck_copy(&names, &delivered(), due, until, BUCKETS[3]);
+        assert_eq!(out.exchange, "q.delay");
+        assert_eq!(out.routing_key, "employee.removed");
+        let message = DeliveredMessage {
+            properties: out.properties,
+            ..delivered()
+        };
+        assert_eq!(
+            scheduled_of(&message),
+            Some(Scheduled {
+                kind: ScheduledKind::RemovalRecheck,
+                due
+            })
+        );
+        assert_eq!(recheck_until_of(&message), Some(until));
+        assert_eq!(recheck_until_of(&delivered()), None);
     }
 
     #[test]

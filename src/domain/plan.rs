@@ -168,6 +168,17 @@ pub fn is_stale_replay(
     replay_count > 0 && status_changed.is_some_and(|changed| occurred_at < changed)
 }
 
+/// The contract's ownership rule ("Trust"): an existing Okta user may be adopted or
+/// changed by an event only when its `employeeNumber` is empty or is the event's
+/// employee id. Anything else is someone else's account (an admin, another employee),
+/// whatever its login says. Compared exactly: HR ids are identifiers, not names.
+pub fn owned_by(okta_employee_number: Option<&str>, employee_id: &str) -> bool {
+    match okta_employee_number.map(str::trim) {
+        None | Some("") => true,
+        Some(number) => number == employee_id,
+    }
+}
+
 /// What was done (or found already done) for an event; rendered into the outcome's
 /// `actions`, e.g. `group.assigned:Engineering-Core`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -190,6 +201,18 @@ pub enum Action {
     RemovalScheduled(String),
     /// The offboarding guard held the removal for an operator.
     RemovalHeld,
+    /// Okta refused to edit a deactivated user's profile (the org's default); the next
+    /// rehire writes it, after activating the user.
+    ProfileSkippedDeactivated,
+    /// Okta refused to add a deactivated user to this group (the org's default); the
+    /// next rehire adds it, after activating the user.
+    GroupSkippedDeactivated(String),
+    /// A removal by employee id alone found nobody, and the search has been checked
+    /// again until it may be trusted: nobody has that id.
+    UserNotFound,
+    /// A removal by employee id alone found nobody yet (Okta's search lags writes); it
+    /// is checked again at this time (RFC 3339).
+    RecheckScheduled(String),
 }
 
 impl fmt::Display for Action {
@@ -210,6 +233,12 @@ impl fmt::Display for Action {
             Action::ActivationScheduled(at) => write!(f, "activation.scheduled:{at}"),
             Action::RemovalScheduled(at) => write!(f, "removal.scheduled:{at}"),
             Action::RemovalHeld => f.write_str("removal.held"),
+            Action::ProfileSkippedDeactivated => f.write_str("profile.skipped:deactivated"),
+            Action::GroupSkippedDeactivated(name) => {
+                write!(f, "group.skipped:deactivated:{name}")
+            }
+            Action::UserNotFound => f.write_str("user.not_found"),
+            Action::RecheckScheduled(at) => write!(f, "removal.recheck_scheduled:{at}"),
         }
     }
 }
@@ -339,6 +368,33 @@ mod tests {
             "removal.scheduled:2026-12-01T00:00:00Z"
         );
         assert_eq!(Action::RemovalHeld.to_string(), "removal.held");
+    }
+
+    #[test]
+    fn only_an_empty_or_equal_employee_number_may_be_adopted() {
+        assert!(owned_by(None, "E-1"));
+        assert!(owned_by(Some(""), "E-1"));
+        assert!(owned_by(Some("  "), "E-1"));
+        assert!(owned_by(Some("E-1"), "E-1"));
+        assert!(!owned_by(Some("ADM-1"), "E-999"));
+        assert!(!owned_by(Some("e-1"), "E-1"), "ids compare exactly");
+    }
+
+    #[test]
+    fn skips_and_rechecks_render_as_documented() {
+        assert_eq!(
+            Action::ProfileSkippedDeactivated.to_string(),
+            "profile.skipped:deactivated"
+        );
+        assert_eq!(
+            Action::GroupSkippedDeactivated("Sales".into()).to_string(),
+            "group.skipped:deactivated:Sales"
+        );
+        assert_eq!(Action::UserNotFound.to_string(), "user.not_found");
+        assert_eq!(
+            Action::RecheckScheduled("2026-12-01T00:00:02Z".into()).to_string(),
+            "removal.recheck_scheduled:2026-12-01T00:00:02Z"
+        );
     }
 
     #[test]

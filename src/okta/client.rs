@@ -104,6 +104,10 @@ pub struct OktaClientSettings {
     pub max_rate_limit_wait: Duration,
     /// `DRY_RUN`: send reads only; changing calls are answered by `dry_run.rs`.
     pub dry_run: bool,
+    /// `OKTA_ACTIVATION_EMAIL`: whether a user this service activates (rehire, future
+    /// start date) gets Okta's activation email, as `createUser` gives one. Off only for
+    /// orgs whose users need no Okta password (federated, passwordless).
+    pub activation_email: bool,
 }
 
 impl Default for OktaClientSettings {
@@ -114,6 +118,7 @@ impl Default for OktaClientSettings {
             rate_limit_retries: 2,
             max_rate_limit_wait: Duration::from_secs(65),
             dry_run: false,
+            activation_email: true,
         }
     }
 }
@@ -273,6 +278,9 @@ impl OktaClient {
     /// # Errors
     /// Any [`OktaError`] but "not found".
     pub async fn get_user(&self, id_or_login: &str) -> Result<Option<OktaUser>, OktaError> {
+        if search::unfit_for_path(id_or_login) {
+            return self.find_user_by_login(id_or_login).await;
+        }
         let url = self.url(&["api", "v1", "users", id_or_login]);
         match self.call_json("getUser", Method::GET, url, None).await {
             Ok(user) => Ok(Some(user)),
@@ -296,6 +304,25 @@ impl OktaClient {
             &search::equals("profile.employeeNumber", employee_number),
         );
         self.list_all("listUsers", url).await
+    }
+
+    /// `listUsers` with `search=profile.login eq "…"`: the way to find a login Okta
+    /// cannot take in a path (a `/` in it). Unlike `getUser`, the search lags writes.
+    ///
+    /// # Errors
+    /// Any [`OktaError`].
+    async fn find_user_by_login(&self, login: &str) -> Result<Option<OktaUser>, OktaError> {
+        let mut url = self.url(&["api", "v1", "users"]);
+        url.query_pairs_mut()
+            .append_pair("search", &search::equals("profile.login", login));
+        let found: Vec<OktaUser> = self.list_all("listUsers", url).await?;
+        // Okta compares logins ignoring case, as the search does.
+        Ok(found.into_iter().find(|u| {
+            u.profile
+                .get("login")
+                .and_then(Value::as_str)
+                .is_some_and(|l| l.eq_ignore_ascii_case(login))
+        }))
     }
 
     /// `updateUser` (partial): sets the given profile fields, leaves the others.
@@ -369,14 +396,18 @@ impl OktaClient {
             .map(drop)
     }
 
-    /// `activateUser` without an email (from `STAGED` or `DEPROVISIONED`). Returns false
-    /// when Okta says the user is already active (403 `E0000016`).
+    /// `activateUser` (from `STAGED` or `DEPROVISIONED`), with Okta's activation email
+    /// unless `OKTA_ACTIVATION_EMAIL=false`: without it a user with no password never
+    /// learns how to sign in. Returns false when Okta says the user is already active
+    /// (403 `E0000016`).
     ///
     /// # Errors
     /// Any other [`OktaError`].
     pub async fn activate_user(&self, user_id: &str) -> Result<bool, OktaError> {
         let mut url = self.lifecycle_url(user_id, "activate");
-        url.query_pairs_mut().append_pair("sendEmail", "false");
+        let send_email = self.inner.settings.activation_email;
+        url.query_pairs_mut()
+            .append_pair("sendEmail", if send_email { "true" } else { "false" });
         match self.call("activateUser", Method::POST, url, None).await {
             Ok(_) => Ok(true),
             Err(e) if e.is(403, "E0000016") => Ok(false),
@@ -494,6 +525,17 @@ impl OktaClient {
                 .filter_map(|v| v.to_str().ok())
                 .find_map(search::next_link)
                 .and_then(|link| Url::parse(&link).ok());
+            if let Some(link) = &next {
+                // The next request carries the credential: only ever to the org.
+                if link.origin() != self.inner.base.origin() {
+                    return Err(OktaError::ForeignLink {
+                        operation,
+                        origin: link.origin().ascii_serialization(),
+                        request_id: header_str(&answer.headers, "x-okta-request-id")
+                            .map(str::to_owned),
+                    });
+                }
+            }
         }
         Ok(items)
     }

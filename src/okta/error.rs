@@ -63,6 +63,16 @@ pub enum OktaError {
         message: String,
         request_id: Option<String>,
     },
+    /// A `Link: rel="next"` pointed outside the org's origin. The credential is sent
+    /// only to the org, so the listing stops; a misbehaving proxy or a forged header
+    /// needs a person, not a retry.
+    #[error("Okta's answer to {operation} links its next page to {origin}, not to the org's origin; not followed")]
+    ForeignLink {
+        operation: &'static str,
+        /// The link's scheme, host and port only (never its query).
+        origin: String,
+        request_id: Option<String>,
+    },
 }
 
 fn causes_suffix(causes: &[String]) -> String {
@@ -93,6 +103,7 @@ impl OktaError {
             // replayed assertion, scope not granted) needs an administrator.
             OktaError::Token(token) if is_transient_status(token.status) => ErrorKind::Transient,
             OktaError::Token(_) | OktaError::Assertion { .. } => ErrorKind::Okta,
+            OktaError::ForeignLink { .. } => ErrorKind::Okta,
         }
     }
 
@@ -114,6 +125,7 @@ impl OktaError {
             OktaError::RateLimited { request_id, .. } | OktaError::Decode { request_id, .. } => {
                 request_id.as_deref()
             }
+            OktaError::ForeignLink { request_id, .. } => request_id.as_deref(),
             OktaError::Transport { .. } | OktaError::Assertion { .. } => None,
         }
     }

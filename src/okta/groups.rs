@@ -33,6 +33,12 @@ pub enum GroupLookupError {
     },
     #[error("mapped Okta group {target} is ambiguous: {count} OKTA_GROUP groups have that name")]
     Ambiguous { target: GroupTarget, count: usize },
+    /// Okta's search compares names ignoring case, the mapping exactly: say what was
+    /// found, so that the admin fixes the spelling rather than creating a second group.
+    #[error(
+        "mapped Okta group {target} does not exist in Okta: found '{found}', which differs in case"
+    )]
+    DiffersInCase { target: GroupTarget, found: String },
     #[error(transparent)]
     Okta(#[from] OktaError),
 }
@@ -138,8 +144,15 @@ impl GroupDirectory {
                 .ok_or_else(|| GroupLookupError::Missing(target.clone()))?,
             GroupTarget::Name(name) => {
                 let found = self.okta.find_groups_by_name(name).await?;
-                // Okta's search is exact, but be strict: a fake or a proxy must not turn a
-                // prefix match into a membership.
+                let found_ignoring_case = found
+                    .iter()
+                    .find(|g| {
+                        g.profile.name != *name
+                            && g.profile.name.to_lowercase() == name.to_lowercase()
+                    })
+                    .map(|g| g.profile.name.clone());
+                // Okta's search ignores case (and a fake or a proxy might match prefixes):
+                // only the exact name becomes a membership.
                 let same_name: Vec<OktaGroup> = found
                     .into_iter()
                     .filter(|g| g.profile.name == *name)
@@ -150,7 +163,15 @@ impl GroupDirectory {
                     .collect();
                 match (okta_groups.as_slice(), same_name.first()) {
                     ([one], _) => (*one).clone(),
-                    ([], None) => return Err(GroupLookupError::Missing(target.clone())),
+                    ([], None) => {
+                        return Err(match found_ignoring_case {
+                            Some(found) => GroupLookupError::DiffersInCase {
+                                target: target.clone(),
+                                found,
+                            },
+                            None => GroupLookupError::Missing(target.clone()),
+                        })
+                    }
                     ([], Some(other)) => other.clone(),
                     (many, _) => {
                         return Err(GroupLookupError::Ambiguous {
@@ -221,6 +242,22 @@ mod tests {
                 misses: 2,
                 refreshes: 1
             }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_group_found_only_in_another_case_is_named_in_the_error() {
+        let (_sim, directory) = directory(Duration::from_secs(300)).await;
+        let target = GroupTarget::Name("sales-app-access".into());
+        let error = directory
+            .resolve(&target)
+            .await
+            .expect_err("not the exact name");
+        assert!(
+            error
+                .to_string()
+                .contains("found 'Sales-App-Access', which differs in case"),
+            "{error}"
         );
     }
 

@@ -22,6 +22,13 @@ pub fn equals(attribute: &str, value: &str) -> String {
     format!("{attribute} eq {}", quote_search_value(value))
 }
 
+/// Whether a login cannot be used in `getUser`'s path: Okta fetches a login with `/`
+/// by id only, and `\`, `[` and `]` have been reported to give 400. Such a login is
+/// found with `search=profile.login eq "…"` instead.
+pub fn unfit_for_path(id_or_login: &str) -> bool {
+    id_or_login.contains(['/', '\\', '[', ']'])
+}
+
 /// The URL of the `rel="next"` link of a `Link` header, if there is one. Okta's cursors
 /// are opaque: the next page is only ever fetched through this URL.
 pub fn next_link(link_header: &str) -> Option<String> {
@@ -58,6 +65,15 @@ mod tests {
             equals("profile.employeeNumber", r#"x"y"#),
             r#"profile.employeeNumber eq "x\"y""#
         );
+    }
+
+    #[test]
+    fn logins_okta_cannot_take_in_a_path_are_recognised() {
+        assert!(unfit_for_path("a/b@example.com"));
+        assert!(unfit_for_path(r"a\b@example.com"));
+        assert!(unfit_for_path("a[1]@example.com"));
+        assert!(!unfit_for_path("ada+x@example.com"));
+        assert!(!unfit_for_path("00u1abcd"));
     }
 
     #[test]

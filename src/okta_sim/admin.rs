@@ -23,6 +23,7 @@ pub fn routes() -> Router<Arc<Shared>> {
         .route("/__sim/faults", post(inject_fault))
         .route("/__sim/settings", post(settings))
         .route("/__sim/requests", get(requests).delete(clear_requests))
+        .route("/__sim/emails", get(emails))
 }
 
 /// Every user with its status and group names.
@@ -137,6 +138,8 @@ struct Settings {
     concurrency_limit: Option<Option<usize>>,
     #[serde(default, deserialize_with = "present")]
     rate_limit: Option<Option<WireRateLimit>>,
+    deactivated_profile_edits: Option<bool>,
+    search_lag_ms: Option<u64>,
 }
 
 #[derive(Deserialize, Serialize)]
@@ -175,7 +178,15 @@ async fn settings(
         });
         store.buckets.clear();
     }
+    if let Some(allowed) = settings.deactivated_profile_edits {
+        store.directory.deactivated_profile_edits = allowed;
+    }
+    if let Some(ms) = settings.search_lag_ms {
+        store.directory.search_lag = Duration::from_millis(ms);
+    }
     Json(json!({
+        "deactivated_profile_edits": store.directory.deactivated_profile_edits,
+        "search_lag_ms": millis(store.directory.search_lag),
         "latency_ms": millis(store.latency),
         "outage_status": store.outage,
         "concurrency_limit": store.concurrency_limit,
@@ -184,6 +195,11 @@ async fn settings(
             window_ms: millis(r.window),
         }),
     }))
+}
+
+/// Every email the org would have sent (activation emails), oldest first.
+async fn emails(State(shared): State<Arc<Shared>>) -> Json<Value> {
+    Json(json!(shared.store().emails))
 }
 
 async fn requests(State(shared): State<Arc<Shared>>) -> Json<Value> {

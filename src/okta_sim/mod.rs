@@ -25,6 +25,8 @@ mod routes;
 mod search;
 mod state;
 #[cfg(test)]
+mod strict_tests;
+#[cfg(test)]
 mod tests;
 
 use std::collections::{HashMap, VecDeque};
@@ -62,6 +64,14 @@ pub struct SimConfig {
     pub oauth_clients: Vec<SimOAuthClient>,
     /// How long an issued access token lives (Okta: one hour); short in tests.
     pub access_token_lifetime: Duration,
+    /// The org setting "Edit Deactivated User Profile Updates": off (Okta's default),
+    /// `updateUser` and `assignUserToGroup` on a `DEPROVISIONED` user answer 403
+    /// `E0000038`; on, they work.
+    pub deactivated_profile_edits: bool,
+    /// How long a user created through `createUser` stays invisible to `search=` (Okta's
+    /// search lags writes; `getUser` does not). Users seeded through the handle or
+    /// `/__sim/` existed long before and are searchable at once. Zero: no lag.
+    pub search_lag: Duration,
 }
 
 impl Default for SimConfig {
@@ -75,8 +85,25 @@ impl Default for SimConfig {
             groups: Vec::new(),
             oauth_clients: Vec::new(),
             access_token_lifetime: Duration::from_secs(3600),
+            deactivated_profile_edits: false,
+            search_lag: DEFAULT_SEARCH_LAG,
         }
     }
+}
+
+/// The fake's search lag unless told otherwise: long enough that a removal arriving
+/// right after a hire meets it, short enough that tests do not wait on it.
+pub const DEFAULT_SEARCH_LAG: Duration = Duration::from_secs(1);
+
+/// An email Okta would have sent, for assertions (`/__sim/emails`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SentEmail {
+    pub user_id: String,
+    pub login: String,
+    /// What the email is for; `activation` (the welcome flow's link).
+    pub kind: &'static str,
+    /// The operation that sent it: `createUser` or `activateUser`.
+    pub operation: &'static str,
 }
 
 /// A rate limit applied separately to each endpoint bucket (users, groups, other).
@@ -208,6 +235,8 @@ struct Store {
     log: VecDeque<RequestRecord>,
     rate_limited: u64,
     oauth: oauth::OAuthState,
+    /// Every email the org would have sent, oldest first.
+    emails: Vec<SentEmail>,
 }
 
 /// What an `/api/` caller proved to be, in `gate::authorize`: the holder of the API
@@ -277,6 +306,8 @@ impl OktaSim {
             ..Store::default()
         };
         store.oauth.lifetime = config.access_token_lifetime;
+        store.directory.deactivated_profile_edits = config.deactivated_profile_edits;
+        store.directory.search_lag = config.search_lag;
         for client in &config.oauth_clients {
             store
                 .oauth
@@ -466,6 +497,21 @@ impl OktaSim {
     /// How many requests were refused with 429 (rate or concurrency limit, not faults).
     pub fn rate_limited_count(&self) -> u64 {
         self.shared.store().rate_limited
+    }
+
+    /// Every email the org would have sent (activation emails), oldest first.
+    pub fn emails_sent(&self) -> Vec<SentEmail> {
+        self.shared.store().emails.clone()
+    }
+
+    /// Turns the org setting "Edit Deactivated User Profile Updates" on or off.
+    pub fn set_deactivated_profile_edits(&self, allowed: bool) {
+        self.shared.store().directory.deactivated_profile_edits = allowed;
+    }
+
+    /// How long users created from now on stay invisible to `search=`.
+    pub fn set_search_lag(&self, lag: Duration) {
+        self.shared.store().directory.search_lag = lag;
     }
 
     /// Stops accepting connections and waits (up to 5 s) for requests in flight.

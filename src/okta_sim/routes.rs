@@ -287,12 +287,18 @@ async fn create_user(State(shared): State<Arc<Shared>>, ctx: Ctx, body: Bytes) -
         password,
         activate,
     })?;
-    Ok(Json(UserView {
+    let response = Json(UserView {
         user,
         origin: &ctx.origin,
         user_type_id: &shared.user_type_id,
     })
-    .into_response())
+    .into_response();
+    // Activated without a password, the user gets Okta's activation email.
+    if activate && !password {
+        let email = activation_email(user, "createUser");
+        store.emails.push(email);
+    }
+    Ok(response)
 }
 
 async fn get_user(
@@ -300,6 +306,16 @@ async fn get_user(
     ctx: Ctx,
     Path(id): Path<String>,
 ) -> ApiResult {
+    // Okta fetches a login with `/` by id only; `\`, `[` and `]` are refused.
+    if id.contains('/') {
+        return Err(ApiError::not_found(&id, "User"));
+    }
+    if id.contains(['\\', '[', ']']) {
+        return Err(ApiError::validation(
+            "idOrLogin",
+            vec!["idOrLogin: contains characters a path cannot carry".into()],
+        ));
+    }
     let store = shared.store();
     let user = store
         .directory
@@ -364,7 +380,15 @@ async fn lifecycle(
 ) -> ApiResult {
     // activate mails the user unless told not to; reactivate only when told to.
     let send_email = ctx.flag("sendEmail", action == "activate")?;
-    shared.store().directory.lifecycle(&id, &action)?;
+    let mut store = shared.store();
+    store.directory.lifecycle(&id, &action)?;
+    if matches!(action.as_str(), "activate" | "reactivate") && send_email {
+        if let Some(user) = store.directory.find_user(&id) {
+            let email = activation_email(user, "activateUser");
+            store.emails.push(email);
+        }
+    }
+    drop(store);
     if matches!(action.as_str(), "activate" | "reactivate") && !send_email {
         let token = random_token(20);
         return ok_json(json!({
@@ -373,6 +397,15 @@ async fn lifecycle(
         }));
     }
     ok_json(json!({}))
+}
+
+fn activation_email(user: &super::state::User, operation: &'static str) -> super::SentEmail {
+    super::SentEmail {
+        user_id: user.id.clone(),
+        login: user.login().to_owned(),
+        kind: "activation",
+        operation,
+    }
 }
 
 async fn revoke_sessions(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> ApiResult {
@@ -464,6 +497,8 @@ async fn list_users(State(shared): State<Arc<Shared>>, ctx: Ctx) -> ApiResult {
         .users
         .iter()
         .filter(|u| listing.shows_deactivated() || u.status != UserStatus::Deprovisioned)
+        // Okta's search index lags writes; the plain list and `q` do not use it.
+        .filter(|u| !matches!(listing, Listing::Criteria(_)) || u.searchable())
         .map(|u| (u.seq, user_json(u, &ctx.origin, &shared.user_type_id)))
         .filter(|(_, json)| listing.selects(json, &["firstName", "lastName", "email", "login"]))
         .collect();

@@ -124,9 +124,17 @@ pub struct User {
     pub has_password: bool,
     pub profile: Map<String, Value>,
     pub sessions_revoked: u32,
+    /// Until when `search=` does not see the user (Okta's index lags writes).
+    pub unsearchable_until: Option<std::time::Instant>,
 }
 
 impl User {
+    /// Whether `search=` sees the user yet.
+    pub fn searchable(&self) -> bool {
+        self.unsearchable_until
+            .is_none_or(|until| std::time::Instant::now() >= until)
+    }
+
     pub fn login(&self) -> &str {
         self.profile
             .get("login")
@@ -177,6 +185,10 @@ pub struct Directory {
     index: UserIndex,
     /// The pairs of `memberships`, for constant-time "already a member?".
     member_set: HashSet<(String, String)>,
+    /// "Edit Deactivated User Profile Updates" (off by default, as in Okta).
+    pub deactivated_profile_edits: bool,
+    /// How long a user made by `createUser` stays invisible to `search=`.
+    pub search_lag: std::time::Duration,
 }
 
 /// Lookups of users by id and by login without walking every user: benchmarks create
@@ -334,6 +346,15 @@ fn looks_like_email(value: &str) -> bool {
     matches!(value.split_once('@'), Some((local, domain)) if !local.is_empty() && !domain.is_empty() && !domain.contains('@'))
 }
 
+/// 403 `E0000038`: Okta's answer to a change the user's status does not allow.
+fn not_in_this_status() -> ApiError {
+    ApiError::new(
+        403,
+        "E0000038",
+        "This operation is not allowed in the user's current status.",
+    )
+}
+
 fn duplicate_login() -> ApiError {
     ApiError::validation(
         "login",
@@ -413,6 +434,7 @@ impl Directory {
             has_password: false,
             profile,
             sessions_revoked: 0,
+            unsearchable_until: None,
         };
         self.index.add(&user);
         self.users.push(user);
@@ -459,7 +481,11 @@ impl Directory {
         for group_id in new.group_ids {
             self.add_member(&group_id, &id);
         }
+        let lag = self.search_lag;
         let user = self.user_mut(&id)?;
+        if !lag.is_zero() {
+            user.unsearchable_until = Some(std::time::Instant::now() + lag);
+        }
         if new.password {
             user.has_password = true;
             user.password_changed = Some(user.created);
@@ -478,6 +504,9 @@ impl Directory {
         let current = self
             .find_user(id_or_login)
             .ok_or_else(|| ApiError::not_found(id_or_login, "User"))?;
+        if current.status == UserStatus::Deprovisioned && !self.deactivated_profile_edits {
+            return Err(not_in_this_status());
+        }
         let mut profile = if replace {
             Map::new()
         } else {
@@ -657,6 +686,14 @@ impl Directory {
             .ok_or_else(|| ApiError::not_found(user_id, "User"))?;
         if kind != GroupType::OktaGroup {
             return Err(ApiError::no_permission());
+        }
+        // Memberships of a deactivated user can be removed, not added, unless the org
+        // allows edits of deactivated users.
+        let deactivated = self
+            .find_user(&user_id)
+            .is_some_and(|u| u.status == UserStatus::Deprovisioned);
+        if add && deactivated && !self.deactivated_profile_edits {
+            return Err(not_in_this_status());
         }
         if add {
             self.add_member(group_id, &user_id);
