@@ -26,6 +26,9 @@ struct RawBrokerEnv {
     dead_letter_exchange: Option<String>,
     dead_letter_queue: Option<String>,
     queue_type: Option<String>,
+    amqp_password_file: Option<PathBuf>,
+    amqp_ca_file: Option<PathBuf>,
+    amqp_allow_plaintext: Option<bool>,
 }
 
 /// The other variables of `run` as read; every one optional here, checked in
@@ -64,6 +67,8 @@ struct RawEnv {
     replica_index: Option<u16>,
     partition_standby_delay_ms: Option<u64>,
     hostname: Option<String>,
+    okta_api_token_file: Option<PathBuf>,
+    log_pii: Option<String>,
 }
 
 /// A configuration mistake; the message names the variable.
@@ -100,6 +105,13 @@ pub enum OktaTarget {
     Simulated,
 }
 
+impl OktaTarget {
+    /// Whether this is the fake Okta, whose outcomes must say so.
+    pub fn is_simulated(&self) -> bool {
+        matches!(self, OktaTarget::Simulated)
+    }
+}
+
 /// What every command that talks to the broker needs, and nothing more: the dead-letter
 /// commands run on an operator's machine that has no Okta credentials.
 #[derive(Debug, Clone)]
@@ -107,6 +119,9 @@ pub struct BrokerSettings {
     /// Broker URL; holds the broker password, hence secret.
     pub amqp_url: Secret,
     pub topology: TopologyNames,
+    /// `AMQP_CA_FILE`: extra roots trusted for the broker's certificate only (checked
+    /// here; read again by [`crate::amqp::connect`] at each connection).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl BrokerSettings {
@@ -136,6 +151,12 @@ impl BrokerSettings {
         if !scheme_ok {
             return Err(invalid("AMQP_URL", "must start with amqp:// or amqps://"));
         }
+        let amqp_url = broker_url(
+            amqp_url,
+            raw.amqp_password_file.as_deref(),
+            raw.amqp_allow_plaintext.unwrap_or(false),
+        )?;
+        let ca_file = broker_ca_file(raw.amqp_ca_file, &amqp_url)?;
 
         let queue_type = match raw.queue_type.as_deref() {
             None => QueueType::Quorum,
@@ -163,7 +184,11 @@ impl BrokerSettings {
             queue_type,
         };
 
-        Ok(Self { amqp_url, topology })
+        Ok(Self {
+            amqp_url,
+            topology,
+            ca_file,
+        })
     }
 }
 
@@ -216,6 +241,8 @@ pub struct Settings {
     pub mapping_poll: Option<Duration>,
     /// Partitioned mode (`PARTITIONS`), or `None`: one work queue, as without it.
     pub partitioning: Option<Partitioning>,
+    /// `LOG_PII`: whether log lines show employee ids and emails or their pseudonyms.
+    pub log_pii: crate::pii::LogPii,
 }
 
 /// Partitioned mode: events spread over `partitions` single-active-consumer queues by
@@ -252,7 +279,9 @@ impl Settings {
         okta_sim: bool,
     ) -> Result<Self, ConfigError> {
         let vars: Vec<(String, String)> = set_only(vars).collect();
-        let BrokerSettings { amqp_url, topology } = BrokerSettings::from_vars(vars.clone())?;
+        let BrokerSettings {
+            amqp_url, topology, ..
+        } = BrokerSettings::from_vars(vars.clone())?;
         let raw: RawEnv = envy::from_iter(vars).map_err(|e| ConfigError::Env(e.to_string()))?;
 
         let okta = okta_target(&raw, okta_sim)?;
@@ -395,6 +424,7 @@ impl Settings {
             activation_time,
             mapping_poll,
             partitioning: partitioning(&raw)?,
+            log_pii: log_pii(raw.log_pii.as_deref())?,
         })
     }
 }
@@ -521,7 +551,8 @@ fn okta_target(raw: &RawEnv, okta_sim: bool) -> Result<OktaTarget, ConfigError> 
     .into_iter()
     .filter_map(|(name, set)| set.then_some(name))
     .collect();
-    let auth = match (&raw.okta_api_token, oauth_set.is_empty()) {
+    let api_token = api_token(raw)?;
+    let auth = match (&api_token, oauth_set.is_empty()) {
         (Some(_), false) => {
             return Err(invalid(
                 "OKTA_API_TOKEN",
@@ -536,7 +567,7 @@ fn okta_target(raw: &RawEnv, okta_sim: bool) -> Result<OktaTarget, ConfigError> 
         (None, true) => {
             return Err(invalid(
                 "OKTA_API_TOKEN",
-                "is required (or an OAuth 2.0 service app: OKTA_CLIENT_ID with OKTA_PRIVATE_KEY or OKTA_PRIVATE_KEY_FILE)",
+                "is required, or OKTA_API_TOKEN_FILE (or an OAuth 2.0 service app: OKTA_CLIENT_ID with OKTA_PRIVATE_KEY or OKTA_PRIVATE_KEY_FILE)",
             ))
         }
     };
@@ -643,7 +674,11 @@ fn max_message_bytes(value: Option<usize>) -> Result<usize, ConfigError> {
 
 fn is_loopback(url: &reqwest::Url) -> bool {
     match url.host() {
-        Some(url::Host::Domain(domain)) => domain.eq_ignore_ascii_case("localhost"),
+        // `amqp://` is not a special scheme to the URL parser: its IPv4 hosts stay text.
+        Some(url::Host::Domain(domain)) => {
+            domain.eq_ignore_ascii_case("localhost")
+                || domain.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        }
         Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
         Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
         None => false,
@@ -669,6 +704,151 @@ fn name(
         ));
     }
     Ok(value)
+}
+
+/// `run --okta-sim` refuses a broker that is not on this machine: the fake Okta would
+/// answer for real HR events taken off a shared queue, and they would be acknowledged as
+/// done. `--okta-sim-allow-remote-broker` skips this check.
+///
+/// # Errors
+/// [`ConfigError`] naming `AMQP_URL` and the flag.
+pub fn refuse_remote_broker_for_sim(amqp_url: &Secret) -> Result<(), ConfigError> {
+    let loopback = url::Url::parse(amqp_url.expose())
+        .map(|url| is_loopback(&url))
+        .unwrap_or(false);
+    if loopback {
+        return Ok(());
+    }
+    Err(invalid(
+        "AMQP_URL",
+        "is not a loopback broker, and --okta-sim would consume its events against the FAKE Okta; use a local broker, or add --okta-sim-allow-remote-broker if this broker is a test one",
+    ))
+}
+
+/// `LOG_PII`: `full` (the default) or `minimal`.
+fn log_pii(value: Option<&str>) -> Result<crate::pii::LogPii, ConfigError> {
+    match value {
+        None => Ok(crate::pii::LogPii::Full),
+        Some(text) => crate::pii::LogPii::parse(text).ok_or_else(|| {
+            invalid(
+                "LOG_PII",
+                format!("unknown mode {text:?} (use full or minimal)"),
+            )
+        }),
+    }
+}
+
+/// The Okta API token from `OKTA_API_TOKEN` or `OKTA_API_TOKEN_FILE` (a mounted secret
+/// file, so the token is not in the process environment); never both.
+fn api_token(raw: &RawEnv) -> Result<Option<Secret>, ConfigError> {
+    match (&raw.okta_api_token, &raw.okta_api_token_file) {
+        (Some(_), Some(_)) => Err(invalid(
+            "OKTA_API_TOKEN_FILE",
+            "set either OKTA_API_TOKEN or OKTA_API_TOKEN_FILE, not both",
+        )),
+        (Some(token), None) => Ok(Some(token.clone())),
+        (None, Some(path)) => Ok(Some(secret_file("OKTA_API_TOKEN_FILE", path)?)),
+        (None, None) => Ok(None),
+    }
+}
+
+/// A secret read from a file, without the trailing line break editors and `echo` add.
+/// The error names the file, never its content.
+fn secret_file(variable: &'static str, path: &std::path::Path) -> Result<Secret, ConfigError> {
+    let text = Secret::new(
+        std::fs::read_to_string(path)
+            .map_err(|e| invalid(variable, format!("cannot read {}: {e}", path.display())))?,
+    );
+    let value = text.expose().trim_end_matches(['\n', '\r']);
+    if value.is_empty() {
+        return Err(invalid(variable, format!("{} is empty", path.display())));
+    }
+    if value.contains(['\n', '\r']) {
+        return Err(invalid(
+            variable,
+            format!("{} holds more than one line", path.display()),
+        ));
+    }
+    Ok(Secret::new(value))
+}
+
+/// Checks `AMQP_URL` and applies `AMQP_PASSWORD_FILE` and `AMQP_ALLOW_PLAINTEXT`. The URL
+/// must parse here: a password with an unescaped `/` or `@` would otherwise fail later, in
+/// the AMQP library, with an error that may repeat the URL. No error shows the URL.
+fn broker_url(
+    amqp_url: Secret,
+    password_file: Option<&std::path::Path>,
+    allow_plaintext: bool,
+) -> Result<Secret, ConfigError> {
+    let mut url = url::Url::parse(amqp_url.expose()).map_err(|e| {
+        invalid(
+            "AMQP_URL",
+            format!(
+                "not a valid URL ({e}); percent-encode / ? # @ : in the password, or put it in AMQP_PASSWORD_FILE"
+            ),
+        )
+    })?;
+    let host = match url.host() {
+        Some(host) => host.to_string(),
+        None => return Err(invalid("AMQP_URL", "has no host")),
+    };
+    if url.scheme() == "amqp" && !allow_plaintext && !is_loopback(&url) {
+        return Err(invalid(
+            "AMQP_URL",
+            format!(
+                "plaintext amqp:// to {host}, which is not loopback: use amqps://, or set AMQP_ALLOW_PLAINTEXT=true if the network is trusted"
+            ),
+        ));
+    }
+    let Some(path) = password_file else {
+        return Ok(amqp_url);
+    };
+    let password = secret_file("AMQP_PASSWORD_FILE", path)?;
+    if url.username().is_empty() {
+        return Err(invalid(
+            "AMQP_PASSWORD_FILE",
+            "AMQP_URL names no user for the password (amqps://USER@host/vhost)",
+        ));
+    }
+    // `set_password` percent-encodes what a URL cannot carry as it is.
+    url.set_password(Some(password.expose()))
+        .map_err(|()| invalid("AMQP_PASSWORD_FILE", "AMQP_URL cannot carry a password"))?;
+    let with_password = Secret::new(url.as_str());
+    // The parsed URL held the password; overwrite it before it is freed.
+    let mut text: String = url.into();
+    zeroize::Zeroize::zeroize(&mut text);
+    Ok(with_password)
+}
+
+/// `AMQP_CA_FILE`: PEM certificates trusted as roots for the broker's certificate, and for
+/// nothing else (Okta's connections keep the system's roots). Only meaningful with
+/// `amqps://`.
+fn broker_ca_file(
+    path: Option<PathBuf>,
+    amqp_url: &Secret,
+) -> Result<Option<PathBuf>, ConfigError> {
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    if !amqp_url.expose().starts_with("amqps://") {
+        return Err(invalid(
+            "AMQP_CA_FILE",
+            "is set, but AMQP_URL is not amqps://; the CA would never be used",
+        ));
+    }
+    let pem = std::fs::read_to_string(&path).map_err(|e| {
+        invalid(
+            "AMQP_CA_FILE",
+            format!("cannot read {}: {e}", path.display()),
+        )
+    })?;
+    if !pem.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(invalid(
+            "AMQP_CA_FILE",
+            format!("{} holds no PEM certificate", path.display()),
+        ));
+    }
+    Ok(Some(path))
 }
 
 #[cfg(test)]
