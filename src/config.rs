@@ -1253,4 +1253,204 @@ mod tests {
         pairs.push(("GROUP_MAPPING_FILE", "/tmp/x.json"));
         assert!(error(&pairs, false).contains("GROUP_MAPPING"));
     }
+
+    fn temp_file(content: &str) -> PathBuf {
+        let path = std::env::temp_dir().join(format!("iam-secret-{:x}", fastrand::u64(..)));
+        std::fs::write(&path, content).expect("write temp file");
+        path
+    }
+
+    #[test]
+    fn the_api_token_can_come_from_a_file_and_never_shows_in_errors() {
+        let file = temp_file("00token-from-file\n");
+        let pairs = vec![
+            (
+                "OKTA_ORG_URL".to_owned(),
+                "https://acme.okta.com".to_owned(),
+            ),
+            ("OKTA_API_TOKEN_FILE".to_owned(), file.display().to_string()),
+        ];
+        let settings = Settings::from_vars(pairs.clone(), false).expect("valid");
+        let OktaTarget::Org {
+            auth: OktaAuth::ApiToken(token),
+            ..
+        } = &settings.okta
+        else {
+            panic!("an API token")
+        };
+        assert_eq!(token.expose(), "00token-from-file");
+        assert!(!format!("{settings:?}").contains("00token-from-file"));
+
+        let mut both = pairs.clone();
+        both.push(("OKTA_API_TOKEN".into(), "00other".into()));
+        let message = Settings::from_vars(both, false)
+            .expect_err("both")
+            .to_string();
+        assert!(message.contains("OKTA_API_TOKEN_FILE"), "{message}");
+
+        std::fs::write(&file, "00line-one\n00line-two\n").expect("rewrite");
+        let message = Settings::from_vars(pairs.clone(), false)
+            .expect_err("two lines")
+            .to_string();
+        assert!(message.contains("OKTA_API_TOKEN_FILE"), "{message}");
+        assert!(!message.contains("00line"), "{message}");
+        std::fs::write(&file, "\n").expect("rewrite");
+        let message = Settings::from_vars(pairs.clone(), false)
+            .expect_err("empty")
+            .to_string();
+        assert!(message.contains("is empty"), "{message}");
+        let _ = std::fs::remove_file(&file);
+        let message = Settings::from_vars(pairs, false)
+            .expect_err("missing")
+            .to_string();
+        assert!(
+            message.contains("OKTA_API_TOKEN_FILE: cannot read"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn the_broker_password_file_replaces_the_url_password_encoded() {
+        let file = temp_file("ab/cd+e@f==\n");
+        let settings = BrokerSettings::from_vars(vars(&[
+            (
+                "AMQP_URL",
+                "amqps://svc:placeholder@broker.example:5671/%2f",
+            ),
+            ("AMQP_PASSWORD_FILE", &file.display().to_string()),
+        ]))
+        .expect("valid");
+        let _ = std::fs::remove_file(&file);
+        let url = url::Url::parse(settings.amqp_url.expose()).expect("still a URL");
+        assert_eq!(url.username(), "svc");
+        assert_eq!(url.host_str(), Some("broker.example"));
+        assert_eq!(url.path(), "/%2f");
+        let password = url.password().expect("a password");
+        let decoded: String = url::form_urlencoded::parse(format!("p={password}").as_bytes())
+            .map(|(_, v)| v.into_owned())
+            .collect();
+        assert!(
+            password.contains("%2F") && password.contains("%40"),
+            "{password}"
+        );
+        assert!(decoded.starts_with("ab/cd"), "{decoded}");
+        assert!(!format!("{settings:?}").contains("ab/cd"));
+
+        let message = BrokerSettings::from_vars(vars(&[
+            ("AMQP_URL", "amqps://broker.example/%2f"),
+            ("AMQP_PASSWORD_FILE", "/nonexistent/pw"),
+        ]))
+        .expect_err("missing file")
+        .to_string();
+        assert!(message.contains("AMQP_PASSWORD_FILE"), "{message}");
+    }
+
+    #[test]
+    fn an_unparsable_broker_url_is_refused_without_showing_it() {
+        let message = BrokerSettings::from_vars(vars(&[(
+            "AMQP_URL",
+            "amqps://svc:s3cr/et+pw@broker.example:5671/%2f",
+        )]))
+        .expect_err("a / in the password breaks the URL")
+        .to_string();
+        assert!(message.starts_with("AMQP_URL:"), "{message}");
+        assert!(!message.contains("s3cr"), "{message}");
+        assert!(!message.contains("et+pw"), "{message}");
+    }
+
+    #[test]
+    fn plaintext_amqp_beyond_loopback_needs_an_opt_in() {
+        let refused = |url: &str, extra: &[(&str, &str)]| {
+            let mut pairs = vec![("AMQP_URL", url)];
+            pairs.extend_from_slice(extra);
+            BrokerSettings::from_vars(vars(&pairs))
+                .err()
+                .map(|e| e.to_string())
+        };
+        let message = refused("amqp://svc:pw@rabbitmq.messaging:5672/%2f", &[]).expect("refused");
+        assert!(message.contains("AMQP_URL") && message.contains("AMQP_ALLOW_PLAINTEXT"));
+        assert!(!message.contains("pw@"), "{message}");
+        assert_eq!(message.lines().count(), 1);
+        for url in [
+            "amqp://guest:guest@127.0.0.1:5672/%2f",
+            "amqp://guest:guest@localhost:5672/%2f",
+            "amqp://guest:guest@[::1]:5672/%2f",
+            "amqps://svc:pw@rabbitmq.messaging:5671/%2f",
+        ] {
+            assert_eq!(refused(url, &[]), None, "{url}");
+        }
+        assert_eq!(
+            refused(
+                "amqp://svc:pw@rabbitmq.messaging:5672/%2f",
+                &[("AMQP_ALLOW_PLAINTEXT", "true")]
+            ),
+            None
+        );
+        let message = refused(
+            "amqp://guest:guest@127.0.0.1/%2f",
+            &[("AMQP_ALLOW_PLAINTEXT", "yes please")],
+        )
+        .expect("not a boolean");
+        assert!(
+            message.contains("amqp_allow_plaintext") || message.contains("AMQP_ALLOW_PLAINTEXT"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn the_broker_ca_file_is_checked() {
+        let cert = temp_file("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n");
+        let not_pem = temp_file("hello");
+        let ca = |url: &str, path: &PathBuf| {
+            BrokerSettings::from_vars(vars(&[
+                ("AMQP_URL", url),
+                ("AMQP_CA_FILE", &path.display().to_string()),
+            ]))
+        };
+        let ok = ca("amqps://svc:pw@broker.example/%2f", &cert).expect("valid");
+        assert_eq!(ok.ca_file.as_ref(), Some(&cert));
+        for (url, path) in [
+            ("amqp://guest:guest@127.0.0.1/%2f", &cert),
+            ("amqps://svc:pw@broker.example/%2f", &not_pem),
+            (
+                "amqps://svc:pw@broker.example/%2f",
+                &PathBuf::from("/nonexistent/ca.pem"),
+            ),
+        ] {
+            let message = ca(url, path).expect_err("refused").to_string();
+            assert!(message.starts_with("AMQP_CA_FILE:"), "{message}");
+        }
+        let _ = std::fs::remove_file(&cert);
+        let _ = std::fs::remove_file(&not_pem);
+    }
+
+    #[test]
+    fn log_pii_is_full_or_minimal() {
+        let settings = Settings::from_vars(vars(&OKTA), false).expect("valid");
+        assert_eq!(settings.log_pii, crate::pii::LogPii::Full);
+        let mut pairs = OKTA.to_vec();
+        pairs.push(("LOG_PII", "minimal"));
+        let settings = Settings::from_vars(vars(&pairs), false).expect("valid");
+        assert_eq!(settings.log_pii, crate::pii::LogPii::Minimal);
+        pairs.pop();
+        pairs.push(("LOG_PII", "none"));
+        assert!(error(&pairs, false).starts_with("LOG_PII:"));
+    }
+
+    #[test]
+    fn the_fake_okta_refuses_a_remote_broker() {
+        assert!(
+            refuse_remote_broker_for_sim(&Secret::new("amqp://g:g@127.0.0.1:5672/%2f")).is_ok()
+        );
+        assert!(refuse_remote_broker_for_sim(&Secret::new("amqp://g:g@localhost/%2f")).is_ok());
+        let message =
+            refuse_remote_broker_for_sim(&Secret::new("amqps://svc:pw@rabbitmq.prod.example/%2f"))
+                .expect_err("remote")
+                .to_string();
+        assert!(
+            message.contains("--okta-sim-allow-remote-broker"),
+            "{message}"
+        );
+        assert!(!message.contains("pw"), "{message}");
+    }
 }

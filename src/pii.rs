@@ -75,6 +75,17 @@ pub fn scrub_for_log<'a>(text: &'a str, values: &[Option<&str>]) -> Cow<'a, str>
     scrub(text, values)
 }
 
+/// [`scrub_for_log`] with the employee id and email of `event`.
+pub fn scrub_event<'a>(text: &'a str, event: &crate::domain::event::HrEvent) -> Cow<'a, str> {
+    scrub_for_log(
+        text,
+        &[
+            event.employee_id().map(|i| i.as_str()),
+            event.email().map(|e| e.as_str()),
+        ],
+    )
+}
+
 fn scrub<'a>(text: &'a str, values: &[Option<&str>]) -> Cow<'a, str> {
     let mut out = Cow::Borrowed(text);
     // Longest first, so an id that is part of an email does not leave the rest behind.
