@@ -110,6 +110,9 @@ mod tests {
         assert_ne!(a, pseudonym("bob@example.com"));
         assert!(a.starts_with("h:") && a.len() == 18, "{a}");
         assert!(!a.contains("ada"));
+        // The documented shell recipe gives the same (docs/security-operations.md):
+        // printf 'iam-provisioner/pii/v1\0%s' E-1001 | sha256sum | cut -c1-16
+        assert_eq!(pseudonym("E-1001"), "h:1b0a0b1aa9dd5dd7");
     }
 
     #[test]
