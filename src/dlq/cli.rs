@@ -174,8 +174,15 @@ pub enum CommandError {
     Dlq(Box<DlqError>),
     #[error("cannot write the output: {0}")]
     Output(#[from] std::io::Error),
+    /// Boxed, as broker errors are.
     #[error(transparent)]
-    Audit(#[from] AuditError),
+    Audit(Box<AuditError>),
+}
+
+impl From<AuditError> for CommandError {
+    fn from(error: AuditError) -> Self {
+        Self::Audit(Box::new(error))
+    }
 }
 
 impl From<DlqError> for CommandError {
