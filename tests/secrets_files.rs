@@ -257,3 +257,26 @@ async fn the_okta_client_follows_no_redirect() {
         "the redirect was followed, with the token"
     );
 }
+
+#[tokio::test]
+async fn the_okta_client_sends_nothing_over_plain_http_beyond_loopback() {
+    // `::ffff:127.0.0.1` is not a loopback address by its name (only `::1` is), yet it
+    // reaches this machine's 127.0.0.1: a plain-http "Okta" the client must not talk to.
+    let (server, hits) = raw_http_server(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n[]"
+            .to_owned(),
+    );
+    let client = OktaClient::new(
+        reqwest::Url::parse(&format!("http://[::ffff:127.0.0.1]:{}/", server.port())).expect("url"),
+        &Secret::new("00plaintext-token"),
+        OktaClientSettings::default(),
+    )
+    .expect("client");
+    let result = client.get_user("ada@example.com").await;
+    assert!(result.is_err(), "plain http beyond loopback: {result:?}");
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        0,
+        "the token went out in clear"
+    );
+}
