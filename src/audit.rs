@@ -62,6 +62,9 @@ pub struct Operator {
     pub uid: Option<u32>,
     /// The host name (`/proc/sys/kernel/hostname`, else `HOSTNAME`), else `unknown`.
     pub host: String,
+    /// The broker user of `AMQP_URL`: the one identity here the broker authenticated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub broker_user: Option<String>,
 }
 
 impl Operator {
@@ -82,6 +85,7 @@ impl Operator {
             user: printable(&from_env(&["USER", "LOGNAME"]).unwrap_or_else(|| "unknown".into())),
             uid: current_uid(),
             host: printable(&host),
+            broker_user: None,
         }
     }
 }
@@ -211,7 +215,12 @@ pub async fn publish(settings: &BrokerSettings, event: &AuditEvent) -> Result<()
         let publisher = Publisher::open(&connection, &settings.topology.results_exchange, "")
             .await
             .map_err(AuditError::Channel)?;
-        let body = serde_json::to_vec(event).unwrap_or_default();
+        let mut event = event.clone();
+        event.operator.broker_user = url::Url::parse(settings.amqp_url.expose())
+            .ok()
+            .map(|url| printable(url.username()))
+            .filter(|user| !user.is_empty());
+        let body = serde_json::to_vec(&event).unwrap_or_default();
         let properties = BasicProperties::default()
             .with_content_type("application/json".into())
             .with_delivery_mode(2)

@@ -59,6 +59,7 @@ fn assert_operator(event: &Value) {
         "{event}"
     );
     assert!(event["operator"]["uid"].is_u64(), "{event}");
+    assert_eq!(event["operator"]["broker_user"], "guest", "{event}");
     assert!(event["occurred_at"].is_string(), "{event}");
 }
 
