@@ -300,7 +300,8 @@ impl Application {
                 &names.dead_letter_exchange,
             )
             .await?
-            .with_metrics(self.worker.metrics.clone());
+            .with_metrics(self.worker.metrics.clone())
+            .with_simulated_okta(self.settings.okta.is_simulated());
             // One channel per lane, each with its own prefetch: the leavers lane's few
             // slots are never taken by hires.
             let work = self
@@ -487,7 +488,11 @@ impl Application {
         )
         .await
         {
-            Ok(publisher) => Arc::new(publisher.with_metrics(self.worker.metrics.clone())),
+            Ok(publisher) => Arc::new(
+                publisher
+                    .with_metrics(self.worker.metrics.clone())
+                    .with_simulated_okta(self.settings.okta.is_simulated()),
+            ),
             Err(e) => return SessionEnd::Lost(e.to_string()),
         };
         // The leavers queue is declared in every mode; partitioned, its copies are only

@@ -26,6 +26,9 @@ struct RawBrokerEnv {
     dead_letter_exchange: Option<String>,
     dead_letter_queue: Option<String>,
     queue_type: Option<String>,
+    amqp_password_file: Option<PathBuf>,
+    amqp_ca_file: Option<PathBuf>,
+    amqp_allow_plaintext: Option<bool>,
 }
 
 /// The other variables of `run` as read; every one optional here, checked in
@@ -66,6 +69,8 @@ struct RawEnv {
     hostname: Option<String>,
     okta_activation_email: Option<String>,
     removal_recheck_secs: Option<String>,
+    okta_api_token_file: Option<PathBuf>,
+    log_pii: Option<String>,
 }
 
 /// A configuration mistake; the message names the variable.
@@ -102,6 +107,13 @@ pub enum OktaTarget {
     Simulated,
 }
 
+impl OktaTarget {
+    /// Whether this is the fake Okta, whose outcomes must say so.
+    pub fn is_simulated(&self) -> bool {
+        matches!(self, OktaTarget::Simulated)
+    }
+}
+
 /// What every command that talks to the broker needs, and nothing more: the dead-letter
 /// commands run on an operator's machine that has no Okta credentials.
 #[derive(Debug, Clone)]
@@ -109,6 +121,9 @@ pub struct BrokerSettings {
     /// Broker URL; holds the broker password, hence secret.
     pub amqp_url: Secret,
     pub topology: TopologyNames,
+    /// `AMQP_CA_FILE`: extra roots trusted for the broker's certificate only (checked
+    /// here; read again by [`crate::amqp::connect`] at each connection).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl BrokerSettings {
@@ -138,6 +153,12 @@ impl BrokerSettings {
         if !scheme_ok {
             return Err(invalid("AMQP_URL", "must start with amqp:// or amqps://"));
         }
+        let amqp_url = broker_url(
+            amqp_url,
+            raw.amqp_password_file.as_deref(),
+            raw.amqp_allow_plaintext.unwrap_or(false),
+        )?;
+        let ca_file = broker_ca_file(raw.amqp_ca_file, &amqp_url)?;
 
         let queue_type = match raw.queue_type.as_deref() {
             None => QueueType::Quorum,
@@ -165,7 +186,11 @@ impl BrokerSettings {
             queue_type,
         };
 
-        Ok(Self { amqp_url, topology })
+        Ok(Self {
+            amqp_url,
+            topology,
+            ca_file,
+        })
     }
 }
 
@@ -221,6 +246,8 @@ pub struct Settings {
     /// `REMOVAL_RECHECK_SECS`: how long a removal by employee id alone that finds nobody
     /// is checked again (Okta's search lags writes); zero: never.
     pub removal_recheck: Duration,
+    /// `LOG_PII`: whether log lines show employee ids and emails or their pseudonyms.
+    pub log_pii: crate::pii::LogPii,
 }
 
 /// Partitioned mode: events spread over `partitions` single-active-consumer queues by
@@ -257,7 +284,9 @@ impl Settings {
         okta_sim: bool,
     ) -> Result<Self, ConfigError> {
         let vars: Vec<(String, String)> = set_only(vars).collect();
-        let BrokerSettings { amqp_url, topology } = BrokerSettings::from_vars(vars.clone())?;
+        let BrokerSettings {
+            amqp_url, topology, ..
+        } = BrokerSettings::from_vars(vars.clone())?;
         let raw: RawEnv = envy::from_iter(vars).map_err(|e| ConfigError::Env(e.to_string()))?;
 
         let okta = okta_target(&raw, okta_sim)?;
@@ -402,6 +431,7 @@ impl Settings {
             mapping_poll,
             partitioning: partitioning(&raw)?,
             removal_recheck: removal_recheck(raw.removal_recheck_secs.as_deref())?,
+            log_pii: log_pii(raw.log_pii.as_deref())?,
         })
     }
 }
@@ -590,7 +620,8 @@ fn okta_target(raw: &RawEnv, okta_sim: bool) -> Result<OktaTarget, ConfigError> 
     .into_iter()
     .filter_map(|(name, set)| set.then_some(name))
     .collect();
-    let auth = match (&raw.okta_api_token, oauth_set.is_empty()) {
+    let api_token = api_token(raw)?;
+    let auth = match (&api_token, oauth_set.is_empty()) {
         (Some(_), false) => {
             return Err(invalid(
                 "OKTA_API_TOKEN",
@@ -605,7 +636,7 @@ fn okta_target(raw: &RawEnv, okta_sim: bool) -> Result<OktaTarget, ConfigError> 
         (None, true) => {
             return Err(invalid(
                 "OKTA_API_TOKEN",
-                "is required (or an OAuth 2.0 service app: OKTA_CLIENT_ID with OKTA_PRIVATE_KEY or OKTA_PRIVATE_KEY_FILE)",
+                "is required, or OKTA_API_TOKEN_FILE (or an OAuth 2.0 service app: OKTA_CLIENT_ID with OKTA_PRIVATE_KEY or OKTA_PRIVATE_KEY_FILE)",
             ))
         }
     };
@@ -712,7 +743,11 @@ fn max_message_bytes(value: Option<usize>) -> Result<usize, ConfigError> {
 
 fn is_loopback(url: &reqwest::Url) -> bool {
     match url.host() {
-        Some(url::Host::Domain(domain)) => domain.eq_ignore_ascii_case("localhost"),
+        // `amqp://` is not a special scheme to the URL parser: its IPv4 hosts stay text.
+        Some(url::Host::Domain(domain)) => {
+            domain.eq_ignore_ascii_case("localhost")
+                || domain.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        }
         Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
         Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
         None => false,
@@ -738,6 +773,151 @@ fn name(
         ));
     }
     Ok(value)
+}
+
+/// `run --okta-sim` refuses a broker that is not on this machine: the fake Okta would
+/// answer for real HR events taken off a shared queue, and they would be acknowledged as
+/// done. `--okta-sim-allow-remote-broker` skips this check.
+///
+/// # Errors
+/// [`ConfigError`] naming `AMQP_URL` and the flag.
+pub fn refuse_remote_broker_for_sim(amqp_url: &Secret) -> Result<(), ConfigError> {
+    let loopback = url::Url::parse(amqp_url.expose())
+        .map(|url| is_loopback(&url))
+        .unwrap_or(false);
+    if loopback {
+        return Ok(());
+    }
+    Err(invalid(
+        "AMQP_URL",
+        "is not a loopback broker, and --okta-sim would consume its events against the FAKE Okta; use a local broker, or add --okta-sim-allow-remote-broker if this broker is a test one",
+    ))
+}
+
+/// `LOG_PII`: `full` (the default) or `minimal`.
+fn log_pii(value: Option<&str>) -> Result<crate::pii::LogPii, ConfigError> {
+    match value {
+        None => Ok(crate::pii::LogPii::Full),
+        Some(text) => crate::pii::LogPii::parse(text).ok_or_else(|| {
+            invalid(
+                "LOG_PII",
+                format!("unknown mode {text:?} (use full or minimal)"),
+            )
+        }),
+    }
+}
+
+/// The Okta API token from `OKTA_API_TOKEN` or `OKTA_API_TOKEN_FILE` (a mounted secret
+/// file, so the token is not in the process environment); never both.
+fn api_token(raw: &RawEnv) -> Result<Option<Secret>, ConfigError> {
+    match (&raw.okta_api_token, &raw.okta_api_token_file) {
+        (Some(_), Some(_)) => Err(invalid(
+            "OKTA_API_TOKEN_FILE",
+            "set either OKTA_API_TOKEN or OKTA_API_TOKEN_FILE, not both",
+        )),
+        (Some(token), None) => Ok(Some(token.clone())),
+        (None, Some(path)) => Ok(Some(secret_file("OKTA_API_TOKEN_FILE", path)?)),
+        (None, None) => Ok(None),
+    }
+}
+
+/// A secret read from a file, without the trailing line break editors and `echo` add.
+/// The error names the file, never its content.
+fn secret_file(variable: &'static str, path: &std::path::Path) -> Result<Secret, ConfigError> {
+    let text = Secret::new(
+        std::fs::read_to_string(path)
+            .map_err(|e| invalid(variable, format!("cannot read {}: {e}", path.display())))?,
+    );
+    let value = text.expose().trim_end_matches(['\n', '\r']);
+    if value.is_empty() {
+        return Err(invalid(variable, format!("{} is empty", path.display())));
+    }
+    if value.contains(['\n', '\r']) {
+        return Err(invalid(
+            variable,
+            format!("{} holds more than one line", path.display()),
+        ));
+    }
+    Ok(Secret::new(value))
+}
+
+/// Checks `AMQP_URL` and applies `AMQP_PASSWORD_FILE` and `AMQP_ALLOW_PLAINTEXT`. The URL
+/// must parse here: a password with an unescaped `/` or `@` would otherwise fail later, in
+/// the AMQP library, with an error that may repeat the URL. No error shows the URL.
+fn broker_url(
+    amqp_url: Secret,
+    password_file: Option<&std::path::Path>,
+    allow_plaintext: bool,
+) -> Result<Secret, ConfigError> {
+    let mut url = url::Url::parse(amqp_url.expose()).map_err(|e| {
+        invalid(
+            "AMQP_URL",
+            format!(
+                "not a valid URL ({e}); percent-encode / ? # @ : in the password, or put it in AMQP_PASSWORD_FILE"
+            ),
+        )
+    })?;
+    let host = match url.host() {
+        Some(host) => host.to_string(),
+        None => return Err(invalid("AMQP_URL", "has no host")),
+    };
+    if url.scheme() == "amqp" && !allow_plaintext && !is_loopback(&url) {
+        return Err(invalid(
+            "AMQP_URL",
+            format!(
+                "plaintext amqp:// to {host}, which is not loopback: use amqps://, or set AMQP_ALLOW_PLAINTEXT=true if the network is trusted"
+            ),
+        ));
+    }
+    let Some(path) = password_file else {
+        return Ok(amqp_url);
+    };
+    let password = secret_file("AMQP_PASSWORD_FILE", path)?;
+    if url.username().is_empty() {
+        return Err(invalid(
+            "AMQP_PASSWORD_FILE",
+            "AMQP_URL names no user for the password (amqps://USER@host/vhost)",
+        ));
+    }
+    // `set_password` percent-encodes what a URL cannot carry as it is.
+    url.set_password(Some(password.expose()))
+        .map_err(|()| invalid("AMQP_PASSWORD_FILE", "AMQP_URL cannot carry a password"))?;
+    let with_password = Secret::new(url.as_str());
+    // The parsed URL held the password; overwrite it before it is freed.
+    let mut text: String = url.into();
+    zeroize::Zeroize::zeroize(&mut text);
+    Ok(with_password)
+}
+
+/// `AMQP_CA_FILE`: PEM certificates trusted as roots for the broker's certificate, and for
+/// nothing else (Okta's connections keep the system's roots). Only meaningful with
+/// `amqps://`.
+fn broker_ca_file(
+    path: Option<PathBuf>,
+    amqp_url: &Secret,
+) -> Result<Option<PathBuf>, ConfigError> {
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    if !amqp_url.expose().starts_with("amqps://") {
+        return Err(invalid(
+            "AMQP_CA_FILE",
+            "is set, but AMQP_URL is not amqps://; the CA would never be used",
+        ));
+    }
+    let pem = std::fs::read_to_string(&path).map_err(|e| {
+        invalid(
+            "AMQP_CA_FILE",
+            format!("cannot read {}: {e}", path.display()),
+        )
+    })?;
+    if !pem.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(invalid(
+            "AMQP_CA_FILE",
+            format!("{} holds no PEM certificate", path.display()),
+        ));
+    }
+    Ok(Some(path))
 }
 
 #[cfg(test)]
@@ -1141,5 +1321,205 @@ mod tests {
         pairs.push(("GROUP_MAPPING", "{}"));
         pairs.push(("GROUP_MAPPING_FILE", "/tmp/x.json"));
         assert!(error(&pairs, false).contains("GROUP_MAPPING"));
+    }
+
+    fn temp_file(content: &str) -> PathBuf {
+        let path = std::env::temp_dir().join(format!("iam-secret-{:x}", fastrand::u64(..)));
+        std::fs::write(&path, content).expect("write temp file");
+        path
+    }
+
+    #[test]
+    fn the_api_token_can_come_from_a_file_and_never_shows_in_errors() {
+        let file = temp_file("00token-from-file\n");
+        let pairs = vec![
+            (
+                "OKTA_ORG_URL".to_owned(),
+                "https://acme.okta.com".to_owned(),
+            ),
+            ("OKTA_API_TOKEN_FILE".to_owned(), file.display().to_string()),
+        ];
+        let settings = Settings::from_vars(pairs.clone(), false).expect("valid");
+        let OktaTarget::Org {
+            auth: OktaAuth::ApiToken(token),
+            ..
+        } = &settings.okta
+        else {
+            panic!("an API token")
+        };
+        assert_eq!(token.expose(), "00token-from-file");
+        assert!(!format!("{settings:?}").contains("00token-from-file"));
+
+        let mut both = pairs.clone();
+        both.push(("OKTA_API_TOKEN".into(), "00other".into()));
+        let message = Settings::from_vars(both, false)
+            .expect_err("both")
+            .to_string();
+        assert!(message.contains("OKTA_API_TOKEN_FILE"), "{message}");
+
+        std::fs::write(&file, "00line-one\n00line-two\n").expect("rewrite");
+        let message = Settings::from_vars(pairs.clone(), false)
+            .expect_err("two lines")
+            .to_string();
+        assert!(message.contains("OKTA_API_TOKEN_FILE"), "{message}");
+        assert!(!message.contains("00line"), "{message}");
+        std::fs::write(&file, "\n").expect("rewrite");
+        let message = Settings::from_vars(pairs.clone(), false)
+            .expect_err("empty")
+            .to_string();
+        assert!(message.contains("is empty"), "{message}");
+        let _ = std::fs::remove_file(&file);
+        let message = Settings::from_vars(pairs, false)
+            .expect_err("missing")
+            .to_string();
+        assert!(
+            message.contains("OKTA_API_TOKEN_FILE: cannot read"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn the_broker_password_file_replaces_the_url_password_encoded() {
+        let file = temp_file("ab/cd+e@f==\n");
+        let settings = BrokerSettings::from_vars(vars(&[
+            (
+                "AMQP_URL",
+                "amqps://svc:placeholder@broker.example:5671/%2f",
+            ),
+            ("AMQP_PASSWORD_FILE", &file.display().to_string()),
+        ]))
+        .expect("valid");
+        let _ = std::fs::remove_file(&file);
+        let url = url::Url::parse(settings.amqp_url.expose()).expect("still a URL");
+        assert_eq!(url.username(), "svc");
+        assert_eq!(url.host_str(), Some("broker.example"));
+        assert_eq!(url.path(), "/%2f");
+        let password = url.password().expect("a password");
+        let decoded: String = url::form_urlencoded::parse(format!("p={password}").as_bytes())
+            .map(|(_, v)| v.into_owned())
+            .collect();
+        assert!(
+            password.contains("%2F") && password.contains("%40"),
+            "{password}"
+        );
+        assert!(decoded.starts_with("ab/cd"), "{decoded}");
+        assert!(!format!("{settings:?}").contains("ab/cd"));
+
+        let message = BrokerSettings::from_vars(vars(&[
+            ("AMQP_URL", "amqps://broker.example/%2f"),
+            ("AMQP_PASSWORD_FILE", "/nonexistent/pw"),
+        ]))
+        .expect_err("missing file")
+        .to_string();
+        assert!(message.contains("AMQP_PASSWORD_FILE"), "{message}");
+    }
+
+    #[test]
+    fn an_unparsable_broker_url_is_refused_without_showing_it() {
+        let message = BrokerSettings::from_vars(vars(&[(
+            "AMQP_URL",
+            "amqps://svc:s3cr/et+pw@broker.example:5671/%2f",
+        )]))
+        .expect_err("a / in the password breaks the URL")
+        .to_string();
+        assert!(message.starts_with("AMQP_URL:"), "{message}");
+        assert!(!message.contains("s3cr"), "{message}");
+        assert!(!message.contains("et+pw"), "{message}");
+    }
+
+    #[test]
+    fn plaintext_amqp_beyond_loopback_needs_an_opt_in() {
+        let refused = |url: &str, extra: &[(&str, &str)]| {
+            let mut pairs = vec![("AMQP_URL", url)];
+            pairs.extend_from_slice(extra);
+            BrokerSettings::from_vars(vars(&pairs))
+                .err()
+                .map(|e| e.to_string())
+        };
+        let message = refused("amqp://svc:pw@rabbitmq.messaging:5672/%2f", &[]).expect("refused");
+        assert!(message.contains("AMQP_URL") && message.contains("AMQP_ALLOW_PLAINTEXT"));
+        assert!(!message.contains("pw@"), "{message}");
+        assert_eq!(message.lines().count(), 1);
+        for url in [
+            "amqp://guest:guest@127.0.0.1:5672/%2f",
+            "amqp://guest:guest@localhost:5672/%2f",
+            "amqp://guest:guest@[::1]:5672/%2f",
+            "amqps://svc:pw@rabbitmq.messaging:5671/%2f",
+        ] {
+            assert_eq!(refused(url, &[]), None, "{url}");
+        }
+        assert_eq!(
+            refused(
+                "amqp://svc:pw@rabbitmq.messaging:5672/%2f",
+                &[("AMQP_ALLOW_PLAINTEXT", "true")]
+            ),
+            None
+        );
+        let message = refused(
+            "amqp://guest:guest@127.0.0.1/%2f",
+            &[("AMQP_ALLOW_PLAINTEXT", "yes please")],
+        )
+        .expect("not a boolean");
+        assert!(
+            message.contains("amqp_allow_plaintext") || message.contains("AMQP_ALLOW_PLAINTEXT"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn the_broker_ca_file_is_checked() {
+        let cert = temp_file("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n");
+        let not_pem = temp_file("hello");
+        let ca = |url: &str, path: &PathBuf| {
+            BrokerSettings::from_vars(vars(&[
+                ("AMQP_URL", url),
+                ("AMQP_CA_FILE", &path.display().to_string()),
+            ]))
+        };
+        let ok = ca("amqps://svc:pw@broker.example/%2f", &cert).expect("valid");
+        assert_eq!(ok.ca_file.as_ref(), Some(&cert));
+        for (url, path) in [
+            ("amqp://guest:guest@127.0.0.1/%2f", &cert),
+            ("amqps://svc:pw@broker.example/%2f", &not_pem),
+            (
+                "amqps://svc:pw@broker.example/%2f",
+                &PathBuf::from("/nonexistent/ca.pem"),
+            ),
+        ] {
+            let message = ca(url, path).expect_err("refused").to_string();
+            assert!(message.starts_with("AMQP_CA_FILE:"), "{message}");
+        }
+        let _ = std::fs::remove_file(&cert);
+        let _ = std::fs::remove_file(&not_pem);
+    }
+
+    #[test]
+    fn log_pii_is_full_or_minimal() {
+        let settings = Settings::from_vars(vars(&OKTA), false).expect("valid");
+        assert_eq!(settings.log_pii, crate::pii::LogPii::Full);
+        let mut pairs = OKTA.to_vec();
+        pairs.push(("LOG_PII", "minimal"));
+        let settings = Settings::from_vars(vars(&pairs), false).expect("valid");
+        assert_eq!(settings.log_pii, crate::pii::LogPii::Minimal);
+        pairs.pop();
+        pairs.push(("LOG_PII", "none"));
+        assert!(error(&pairs, false).starts_with("LOG_PII:"));
+    }
+
+    #[test]
+    fn the_fake_okta_refuses_a_remote_broker() {
+        assert!(
+            refuse_remote_broker_for_sim(&Secret::new("amqp://g:g@127.0.0.1:5672/%2f")).is_ok()
+        );
+        assert!(refuse_remote_broker_for_sim(&Secret::new("amqp://g:g@localhost/%2f")).is_ok());
+        let message =
+            refuse_remote_broker_for_sim(&Secret::new("amqps://svc:pw@rabbitmq.prod.example/%2f"))
+                .expect_err("remote")
+                .to_string();
+        assert!(
+            message.contains("--okta-sim-allow-remote-broker"),
+            "{message}"
+        );
+        assert!(!message.contains("pw"), "{message}");
     }
 }

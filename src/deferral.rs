@@ -289,7 +289,7 @@ impl Deferral {
         let employee_id = event.employee_id().map(|i| i.as_str());
         tracing::error!(
             event_id = event.event_id.as_str(),
-            employee_id,
+            employee_id = employee_id.map(crate::pii::for_log).as_deref(),
             max = limits.max,
             window_s = limits.window.as_secs(),
             held_queue = %self.names.held_queue,

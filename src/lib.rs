@@ -4,6 +4,7 @@
 
 pub mod amqp;
 pub mod app;
+pub mod audit;
 pub mod config;
 pub mod deferral;
 pub mod dlq;
@@ -19,6 +20,7 @@ pub mod okta;
 pub mod okta_sim;
 pub mod otel;
 pub mod outage;
+pub mod pii;
 pub mod provisioner;
 pub mod retry;
 pub mod schedule;

@@ -81,14 +81,14 @@ struct HeldArgs {
     /// List what would be released or discarded; change nothing.
     #[arg(long)]
     dry_run: bool,
-    /// Broker URL (the password is never printed).
-    #[arg(
-        long,
-        env = "AMQP_URL",
-        hide_env_values = true,
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
-    )]
-    amqp_url: String,
+    /// Really release or discard. Without it (and without --dry-run) the command lists
+    /// what it would do and refuses.
+    #[arg(long, conflicts_with = "dry_run")]
+    yes: bool,
+    /// Refused: the broker URL comes from AMQP_URL only (a flag would leave the password
+    /// in shell history and `ps`).
+    #[arg(long, hide = true, value_name = "URL")]
+    amqp_url: Option<String>,
     /// The work queue whose hold queue (`<WORK_QUEUE>.held`) is read.
     #[arg(long, env = "WORK_QUEUE", default_value = "iam-provisioner")]
     work_queue: String,
@@ -111,6 +111,10 @@ struct RunArgs {
     /// service did).
     #[arg(long, default_value = "127.0.0.1:8081", requires = "okta_sim")]
     okta_sim_listen: SocketAddr,
+    /// With --okta-sim: accept a broker that is not on this machine. Without it the fake
+    /// refuses one, so that a trial run never consumes (and "provisions") real HR events.
+    #[arg(long, requires = "okta_sim")]
+    okta_sim_allow_remote_broker: bool,
 }
 
 #[derive(Args)]
@@ -215,6 +219,10 @@ fn mapped_group_names(mapping: &GroupMapping) -> Vec<String> {
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let settings = Settings::from_env(args.okta_sim)?;
+    iam_provisioner::pii::set_log_mode(settings.log_pii);
+    if args.okta_sim && !args.okta_sim_allow_remote_broker {
+        iam_provisioner::config::refuse_remote_broker_for_sim(&settings.amqp_url)?;
+    }
     let mut mapping = settings.mapping.clone();
     let mut _sim_guard = None;
     let okta = match &settings.okta {
@@ -278,27 +286,30 @@ async fn run_held(command: HeldCommand) -> anyhow::Result<()> {
         HeldCommand::Release(args) => (HeldAction::Release, args, "released"),
         HeldCommand::Discard(args) => (HeldAction::Discard, args, "discarded"),
     };
+    if args.amqp_url.is_some() {
+        anyhow::bail!(
+            "--amqp-url is not accepted: set AMQP_URL (and AMQP_PASSWORD_FILE) in the environment, so the password stays out of shell history and ps"
+        );
+    }
+    let broker = iam_provisioner::config::BrokerSettings::from_env()?;
+    // Without --yes, only look: as `dlq purge` does, but refusing, since the operator
+    // asked for an action that was not carried out.
+    let refused = !args.dry_run && !args.yes;
     let selection = HeldSelection {
-        routing_key: args.routing_key,
-        employee_id: args.employee_id,
-        event_id: args.event_id,
+        routing_key: args.routing_key.clone(),
+        employee_id: args.employee_id.clone(),
+        event_id: args.event_id.clone(),
         held_before: args.held_before,
         held_after: args.held_after,
         limit: args.limit,
-        dry_run: args.dry_run,
+        dry_run: args.dry_run || refused,
     };
     let verb = if selection.dry_run {
         "would be ".to_owned() + verb
     } else {
         verb.to_owned()
     };
-    let report = held::run(
-        &Secret::new(args.amqp_url),
-        &args.work_queue,
-        action,
-        &selection,
-    )
-    .await?;
+    let report = held::run(&broker.amqp_url, &args.work_queue, action, &selection).await?;
     for message in &report.selected {
         println!(
             "{verb}: {} employee_id={} event_id={} message_id={} held_at={}",
@@ -314,6 +325,55 @@ async fn run_held(command: HeldCommand) -> anyhow::Result<()> {
         report.selected.len(),
         report.kept
     );
+    if refused {
+        anyhow::bail!(
+            "nothing was {}: add --yes to do it (or --dry-run to only list)",
+            if action == HeldAction::Release {
+                "released"
+            } else {
+                "discarded"
+            }
+        );
+    }
+    if !selection.dry_run {
+        audit_held(&broker, &args, action, &report).await?;
+    }
+    Ok(())
+}
+
+/// The audit event of a `held release|discard --yes` that ran.
+async fn audit_held(
+    broker: &iam_provisioner::config::BrokerSettings,
+    args: &HeldArgs,
+    action: HeldAction,
+    report: &held::HeldReport,
+) -> anyhow::Result<()> {
+    use iam_provisioner::audit::{self, AuditEvent, OperatorAction};
+    let time =
+        |t: Option<time::OffsetDateTime>| t.map(iam_provisioner::domain::outcome::format_timestamp);
+    let event = AuditEvent::new(
+        match action {
+            HeldAction::Release => OperatorAction::HeldRelease,
+            HeldAction::Discard => OperatorAction::HeldDiscard,
+        },
+        &format!("{}.held", args.work_queue),
+        audit::selection_of([
+            ("routing_key", args.routing_key.clone()),
+            ("employee_id", args.employee_id.clone()),
+            ("event_id", args.event_id.clone()),
+            ("held_before", time(args.held_before)),
+            ("held_after", time(args.held_after)),
+            ("limit", args.limit.map(|l| l.to_string())),
+        ]),
+        report.selected.len() as u64,
+        report.selected.iter().map(|m| {
+            m.event_id
+                .clone()
+                .or_else(|| m.message_id.clone())
+                .unwrap_or_else(|| "-".to_owned())
+        }),
+    );
+    audit::publish(broker, &event).await?;
     Ok(())
 }
 
@@ -356,8 +416,22 @@ async fn run_sim(args: SimArgs) -> anyhow::Result<()> {
         }),
         ..SimConfig::default()
     };
-    if let Some(token) = args.token {
-        config.api_token = token;
+    match args.token {
+        Some(token) => config.api_token = token,
+        None => {
+            // Generated: written to a file only its owner can read, never to the log.
+            let path = write_sim_token(&config.api_token, args.listen)?;
+            tracing::warn!(
+                token_file = %path.display(),
+                "no --token or OKTA_SIM_TOKEN: a random API token was generated and written to the token file"
+            );
+        }
+    }
+    if !args.listen.ip().is_loopback() {
+        tracing::warn!(
+            listen = %args.listen,
+            "the fake Okta listens beyond this machine (--listen): anyone who can reach it and knows its token can read and change its users"
+        );
     }
     config.access_token_lifetime = Duration::from_secs(args.access_token_lifetime_secs);
     for client in &args.oauth_clients {
@@ -378,6 +452,28 @@ async fn run_sim(args: SimArgs) -> anyhow::Result<()> {
     okta_sim::serve_until(config, shutdown_signal())
         .await
         .with_context(|| format!("cannot start the fake Okta on {}", args.listen))
+}
+
+/// Writes the fake's generated token to `<tmp>/iam-provisioner-okta-sim-<port>.token`,
+/// readable by its owner only.
+fn write_sim_token(token: &str, listen: SocketAddr) -> anyhow::Result<PathBuf> {
+    use std::io::Write;
+    let path =
+        std::env::temp_dir().join(format!("iam-provisioner-okta-sim-{}.token", listen.port()));
+    let _ = std::fs::remove_file(&path);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options
+        .open(&path)
+        .with_context(|| format!("cannot write the token file {}", path.display()))?;
+    writeln!(file, "{token}")
+        .with_context(|| format!("cannot write the token file {}", path.display()))?;
+    Ok(path)
 }
 
 fn read_group_names(path: &PathBuf) -> anyhow::Result<Vec<String>> {

@@ -292,7 +292,10 @@ impl Worker {
             event_id = event_id.as_deref().map(printable),
             event_type = printable(&message.routing_key),
             error_kind = "validation",
-            reason = %failure.message,
+            reason = %crate::pii::scrub_for_log(
+                &failure.message,
+                &[context.employee_id.as_deref(), context.email.as_deref()]
+            ),
             "invalid message dead-lettered"
         );
         let outcome = Outcome {
@@ -437,7 +440,7 @@ impl Worker {
                     okta_error_code = failure.okta_error_code.as_deref(),
                     okta_request_id = failure.okta_request_id.as_deref(),
                     attempt,
-                    error = %failure.message,
+                    error = %crate::pii::scrub_event(&failure.message, event),
                     "event failed; dead-lettered"
                 );
                 let outcome = outcome_for(
@@ -479,7 +482,7 @@ impl Worker {
                 attempt,
                 retry_in_ms = shown_delay,
                 waiting_for_okta = matches!(next, Next::RetryWhenOktaAnswers),
-                error = %failure.message,
+                error = %crate::pii::scrub_event(&failure.message, event),
                 "event will be retried"
             );
             let outcome = outcome_for(

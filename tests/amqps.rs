@@ -208,3 +208,102 @@ async fn amqps_refuses_a_certificate_for_another_host() {
     assert!(stderr.contains("cannot connect to the broker"), "{stderr}");
     assert_eq!(handshakes.load(Ordering::SeqCst), 0);
 }
+
+/// Terminates TLS and forwards to `upstream`; counts completed handshakes.
+async fn tls_proxy_to(
+    acceptor: TlsAcceptor,
+    upstream: SocketAddr,
+) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    let handshakes = Arc::new(AtomicUsize::new(0));
+    let counter = handshakes.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(client).await else {
+                    return;
+                };
+                counter.fetch_add(1, Ordering::SeqCst);
+                let Ok(mut server) = TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut server).await;
+            });
+        }
+    });
+    (address, handshakes)
+}
+
+/// `AMQP_CA_FILE` (issue 17): the private CA is trusted for the broker, and only for it.
+/// The fake Okta, behind TLS with a certificate of the same CA, stays untrusted, which
+/// `SSL_CERT_FILE` (the test above) would have changed for both.
+#[tokio::test]
+async fn amqp_ca_file_trusts_the_broker_ca_for_the_broker_only() {
+    let names = TopologyNames::prefixed(&unique_prefix("amqps-ca"));
+    let _cleanup = BrokerCleanup {
+        names: names.clone(),
+        extra_queues: vec![],
+    };
+    let pki = TestPki::new();
+    let (broker_proxy, broker_handshakes) = tls_proxy(pki.acceptor.clone()).await;
+    let sim = OktaSim::start(SimConfig::default()).await.expect("sim");
+    let sim_address: SocketAddr = sim
+        .base_url()
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .expect("the fake's address");
+    let (okta_proxy, okta_handshakes) = tls_proxy_to(pki.acceptor.clone(), sim_address).await;
+    let (_conn, channel, mut outcomes) = observe(&names).await;
+    let url = format!("amqps://guest:guest@localhost:{}/%2f", broker_proxy.port());
+    let mut child = common::process::run_command(&names, &url)
+        .env(
+            "OKTA_ORG_URL",
+            format!("https://localhost:{}", okta_proxy.port()),
+        )
+        .env("OKTA_API_TOKEN", sim.api_token())
+        .env("AMQP_CA_FILE", &pki.ca_file)
+        .env("MAX_ATTEMPTS", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("service starts");
+
+    let id = event_id("amqps-ca");
+    let body = hire(&id, "E-TLS2", "tls2@example.com", &[]).to_string();
+    publish_to(
+        &channel,
+        &names.input_exchange,
+        "employee.added",
+        body.as_bytes(),
+        lapin::BasicProperties::default().with_content_type("application/json".into()),
+    )
+    .await;
+    let delivery = tokio::time::timeout(PATIENCE, outcomes.next())
+        .await
+        .expect("the service, connected over TLS with AMQP_CA_FILE, reported the event")
+        .expect("stream")
+        .expect("delivery");
+    let outcome: serde_json::Value = serde_json::from_slice(&delivery.data).expect("json");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(outcome["source_event_id"], id.as_str());
+    assert!(
+        broker_handshakes.load(Ordering::SeqCst) >= 1,
+        "the broker was reached over TLS"
+    );
+    assert_eq!(
+        outcome["status"], "failed",
+        "Okta's certificate is not trusted: {outcome}"
+    );
+    assert_eq!(outcome["error"]["kind"], "transient", "{outcome}");
+    assert_eq!(
+        okta_handshakes.load(Ordering::SeqCst),
+        0,
+        "no TLS session with the Okta host signed by the broker's CA"
+    );
+    assert!(sim.user("tls2@example.com").is_none());
+}

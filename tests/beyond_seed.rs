@@ -436,6 +436,11 @@ fn held_env(world: &World) -> Vec<(String, String)> {
     vec![
         ("AMQP_URL".into(), AMQP_URL.into()),
         ("WORK_QUEUE".into(), world.names.work_queue.clone()),
+        // Where `held release|discard --yes` publishes its audit event.
+        (
+            "RESULTS_EXCHANGE".into(),
+            world.names.results_exchange.clone(),
+        ),
     ]
 }
 
@@ -502,7 +507,7 @@ async fn the_guard_holds_removals_over_its_limit_until_an_operator_releases_or_d
 
     // A filter that selects nothing keeps it too.
     let (code, out, _) = run_binary(
-        &["held", "release", "--employee-id", "E-nobody"],
+        &["held", "release", "--yes", "--employee-id", "E-nobody"],
         held_env(&world),
     )
     .await;
@@ -510,7 +515,7 @@ async fn the_guard_holds_removals_over_its_limit_until_an_operator_releases_or_d
     assert!(out.contains("0 released, 1 still held"), "{out}");
 
     let (code, out, err) = run_binary(
-        &["held", "release", "--employee-id", &held_employee],
+        &["held", "release", "--yes", "--employee-id", &held_employee],
         held_env(&world),
     )
     .await;
@@ -542,7 +547,13 @@ async fn the_guard_holds_removals_over_its_limit_until_an_operator_releases_or_d
         .await;
     assert_eq!(world.final_outcome(&id).await["status"], "held");
     let (code, out, err) = run_binary(
-        &["held", "discard", "--routing-key", "employee.removed"],
+        &[
+            "held",
+            "discard",
+            "--yes",
+            "--routing-key",
+            "employee.removed",
+        ],
         held_env(&world),
     )
     .await;

@@ -9,6 +9,7 @@ pub mod publisher;
 pub mod topology;
 pub mod trace;
 
+use lapin::tcp::OwnedTLSConfig;
 use lapin::{Connection, ConnectionProperties};
 
 /// Opens a connection named after this service and what it serves (the name shows in
@@ -19,5 +20,29 @@ use lapin::{Connection, ConnectionProperties};
 pub async fn connect(url: &str, purpose: &str) -> Result<Connection, lapin::Error> {
     let properties = ConnectionProperties::default()
         .with_connection_name(format!("iam-provisioner {purpose}").into());
-    Connection::connect(url, properties).await
+    let tls = broker_tls()?;
+    Connection::connect_with_config(url, properties, tls, lapin::runtime::default_runtime()?).await
+}
+
+/// The broker's own TLS trust: the certificates of `AMQP_CA_FILE` added to the system's
+/// roots for this connection only. `SSL_CERT_FILE` would also change the roots the Okta
+/// client trusts; a private broker CA must not be able to vouch for an Okta host.
+///
+/// Read from the environment at each connection (the configuration checked it at start-up)
+/// so that every command that connects — the service, `dlq`, `held` — honours it without
+/// each passing it along, and a renewed CA file is used on the next reconnection.
+fn broker_tls() -> Result<OwnedTLSConfig, lapin::Error> {
+    let Some(path) = std::env::var_os("AMQP_CA_FILE").filter(|p| !p.is_empty()) else {
+        return Ok(OwnedTLSConfig::default());
+    };
+    let pem = std::fs::read_to_string(&path).map_err(|e| {
+        lapin::Error::from(std::io::Error::new(
+            e.kind(),
+            format!("AMQP_CA_FILE: cannot read {}: {e}", path.to_string_lossy()),
+        ))
+    })?;
+    Ok(OwnedTLSConfig {
+        identity: None,
+        cert_chain: Some(pem),
+    })
 }

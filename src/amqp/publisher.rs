@@ -62,6 +62,8 @@ pub struct Publisher {
     results_exchange: String,
     dead_letter_exchange: String,
     metrics: Metrics,
+    /// Outcomes say `"okta": "simulated"` when the service runs against the fake Okta.
+    simulated_okta: bool,
 }
 
 impl Publisher {
@@ -83,12 +85,20 @@ impl Publisher {
             results_exchange: results_exchange.to_owned(),
             dead_letter_exchange: dead_letter_exchange.to_owned(),
             metrics: Metrics::default(),
+            simulated_okta: false,
         })
     }
 
     /// Records the broker's answers (and confirmed dead-letter copies) in `metrics`.
     pub fn with_metrics(mut self, metrics: Metrics) -> Self {
         self.metrics = metrics;
+        self
+    }
+
+    /// Marks every outcome as produced against the fake Okta (`run --okta-sim`): a
+    /// consumer of outcomes must never mistake a trial run for real provisioning.
+    pub fn with_simulated_okta(mut self, simulated: bool) -> Self {
+        self.simulated_okta = simulated;
         self
     }
 
@@ -108,7 +118,11 @@ impl Publisher {
         outcome: &Outcome,
         trace_context: FieldTable,
     ) -> Result<(), PublishError> {
-        let body = serde_json::to_vec(outcome).unwrap_or_default();
+        let body = if self.simulated_okta {
+            simulated_outcome_body(outcome)
+        } else {
+            serde_json::to_vec(outcome).unwrap_or_default()
+        };
         let mut properties = BasicProperties::default()
             .with_content_type("application/json".into())
             .with_delivery_mode(2)
@@ -274,6 +288,15 @@ impl Publisher {
             }),
         }
     }
+}
+
+/// The outcome's JSON with `"okta": "simulated"` added (additive to contract section 4).
+fn simulated_outcome_body(outcome: &Outcome) -> Vec<u8> {
+    let mut value = serde_json::to_value(outcome).unwrap_or_default();
+    if let Some(object) = value.as_object_mut() {
+        object.insert("okta".into(), "simulated".into());
+    }
+    serde_json::to_vec(&value).unwrap_or_default()
 }
 
 fn bounded(text: &str, limit: usize) -> String {

@@ -8,6 +8,7 @@
 use super::ops::{DeadLetterQueue, Disposal, DlqError, Interrupted, Walk};
 use super::report::{self, GroupBy, Progress};
 use super::selection::{Filter, Selection};
+use crate::audit::{self, AuditError, AuditEvent, OperatorAction};
 use crate::config::{BrokerSettings, ConfigError};
 use clap::{Args, Subcommand};
 use std::io::{IsTerminal, Write};
@@ -173,6 +174,15 @@ pub enum CommandError {
     Dlq(Box<DlqError>),
     #[error("cannot write the output: {0}")]
     Output(#[from] std::io::Error),
+    /// Boxed, as broker errors are.
+    #[error(transparent)]
+    Audit(Box<AuditError>),
+}
+
+impl From<AuditError> for CommandError {
+    fn from(error: AuditError) -> Self {
+        Self::Audit(Box::new(error))
+    }
 }
 
 impl From<DlqError> for CommandError {
@@ -248,6 +258,9 @@ pub async fn replay(args: ReplayArgs) -> Result<(), CommandError> {
         &report::message_table(shown),
         &summary,
     )?;
+    if !args.dry_run {
+        audit(&run, OperatorAction::Replay, &args.select).await?;
+    }
     run.finish()
 }
 
@@ -325,7 +338,42 @@ async fn purge(args: PurgeArgs) -> Result<(), CommandError> {
         &report::message_table(shown),
         &summary,
     )?;
+    if args.yes {
+        audit(&run, OperatorAction::Purge, &args.select).await?;
+    }
     run.finish()
+}
+
+/// Publishes the audit event of a replay or purge that ran, with what it did (also when it
+/// stopped on an error part-way).
+async fn audit(
+    run: &Run,
+    action: OperatorAction,
+    select: &SelectionArgs,
+) -> Result<(), CommandError> {
+    let time = |t: Option<OffsetDateTime>| t.map(crate::domain::outcome::format_timestamp);
+    let mut event = AuditEvent::new(
+        action,
+        run.queue(),
+        audit::selection_of([
+            ("routing_key", select.routing_key.clone()),
+            ("employee_id", select.employee_id.clone()),
+            ("error_kind", select.error_kind.clone()),
+            ("okta_code", select.okta_code.clone()),
+            ("event_id", select.event_id.clone()),
+            ("failed_before", time(select.failed_before)),
+            ("failed_after", time(select.failed_after)),
+            ("limit", select.limit.map(|l| l.to_string())),
+        ]),
+        run.walk.done,
+        run.walk
+            .messages
+            .iter()
+            .map(|m| m.event_id.clone().unwrap_or_else(|| "-".to_owned())),
+    );
+    event.interrupted = run.error.is_some();
+    audit::publish(&run.settings, &event).await?;
+    Ok(())
 }
 
 /// A finished walk, and the error that stopped it early, if one did.

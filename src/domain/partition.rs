@@ -25,9 +25,17 @@ pub enum HashKey {
 }
 
 impl HashKey {
-    /// The header value the consistent-hash exchange hashes. Prefixed, so an id can never
-    /// collide with an email or an event id by accident.
+    /// The header value the consistent-hash exchange hashes: a pseudonym (truncated
+    /// SHA-256) of [`HashKey::plain_value`], not the id or email itself, because the header
+    /// stays with the message in every partition queue, dead-letter copy and management-UI
+    /// view. The same key always gives the same value, so routing is as stable as before.
     pub fn header_value(&self) -> String {
+        crate::pii::pseudonym(&self.plain_value())
+    }
+
+    /// The key in clear, prefixed, so an id can never collide with an email or an event id
+    /// by accident. Never put on the wire: see [`HashKey::header_value`].
+    pub fn plain_value(&self) -> String {
         match self {
             HashKey::EmployeeId(id) => format!("id:{id}"),
             HashKey::Email(email) => format!("email:{email}"),
@@ -153,7 +161,20 @@ mod tests {
             hash_key(body, Some("m"), MAX),
             HashKey::EmployeeId("E-1".into())
         );
-        assert_eq!(hash_key(body, None, MAX).header_value(), "id:E-1");
+        assert_eq!(hash_key(body, None, MAX).plain_value(), "id:E-1");
+    }
+
+    #[test]
+    fn the_header_carries_a_stable_hash_never_the_id_or_email() {
+        let by_id = br#"{"event_id":"e1","employee":{"id":"E-1","email":"ada@x.co"}}"#;
+        let again = br#"{"event_id":"e2","employee":{"id":"E-1","email":"new@x.co"}}"#;
+        let header = hash_key(by_id, None, MAX).header_value();
+        assert_eq!(header, hash_key(again, None, MAX).header_value());
+        assert!(!header.contains("E-1"), "{header}");
+        let by_email = br#"{"event_id":"e3","employee":{"email":"Ada@X.co"}}"#;
+        let header = hash_key(by_email, None, MAX).header_value();
+        assert!(!header.to_lowercase().contains("ada"), "{header}");
+        assert_ne!(header, hash_key(by_id, None, MAX).header_value());
     }
 
     #[test]
@@ -179,7 +200,7 @@ mod tests {
             hash_key(br#"{"employee":{"id":42}}"#, None, MAX),
             HashKey::Unkeyed(None)
         );
-        assert_eq!(hash_key(b"[]", None, MAX).header_value(), "unkeyed");
+        assert_eq!(hash_key(b"[]", None, MAX).plain_value(), "unkeyed");
         let long_id = format!(r#"{{"employee":{{"id":"{}"}}}}"#, "x".repeat(300));
         assert_eq!(
             hash_key(long_id.as_bytes(), None, MAX),

@@ -202,7 +202,19 @@ impl OktaClient {
         settings: OktaClientSettings,
         metrics: Metrics,
     ) -> Result<Self, OktaSetupError> {
+        // No redirects: Okta's API never redirects, and following one would send the
+        // Authorization header's request (and a user's profile) wherever a compromised or
+        // mistyped host points. https only, except to a loopback host (the fake Okta, a
+        // local proxy): a plaintext hop could read the token.
+        let loopback = match base.host() {
+            Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            None => false,
+        };
         let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .https_only(!loopback)
             .timeout(settings.request_timeout)
             .connect_timeout(Duration::from_secs(5))
             .user_agent(concat!("iam-provisioner/", env!("CARGO_PKG_VERSION")))

@@ -553,11 +553,12 @@ pub async fn serve_until(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let sim = OktaSim::start(config).await?;
+    // The token is never logged: logs are shipped and kept, and a fake reachable from a
+    // network is still an API that changes state.
     tracing::warn!(
         base_url = %sim.base_url(),
-        api_token = %sim.api_token(),
         "this is a FAKE Okta for local use and tests; nothing here reaches a real Okta org \
-         (admin routes under /__sim/, send Authorization: SSWS <api_token>)"
+         (admin routes under /__sim/, send Authorization: SSWS <its token>)"
     );
     shutdown.await;
     tracing::info!("fake Okta shutting down");
