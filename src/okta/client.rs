@@ -9,7 +9,7 @@
 
 use super::auth::{self, Authorizer, OktaAuth};
 use super::error::{ApiError, OktaError};
-use super::pacing::{bucket_of, BucketReport, Pacer};
+use super::pacing::{endpoint_of, BucketReport, Pacer};
 use super::search;
 use crate::domain::plan::AccountStatus;
 use crate::metrics::Metrics;
@@ -536,7 +536,11 @@ impl OktaClient {
                     .header("X-Okta-Retry-For", previous.as_str())
                     .header("X-Okta-Retry-Count", rate_limit_retries.to_string());
             }
-            let paced = self.inner.pacer.acquire(bucket_of(url.path())).await;
+            let paced = self
+                .inner
+                .pacer
+                .acquire(endpoint_of(method.as_str(), url.path()))
+                .await;
             let answer = {
                 let _permit = self.inner.in_flight.acquire().await;
                 let started = Instant::now();
