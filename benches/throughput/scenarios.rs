@@ -454,14 +454,7 @@ pub async fn rate_limited(
 ) -> Result<RateLimited> {
     let stage = Stage::new(bench, "ratelimit").await?;
     let tag = stage.tag.clone();
-    let sim = fake_okta(
-        Duration::ZERO,
-        Some(RateLimit {
-            requests_per_window: limit,
-            window,
-        }),
-    )
-    .await?;
+    let sim = fake_okta(Duration::ZERO, Some(RateLimit::uniform(limit, window))).await?;
     let hires = (windows * limit + 1) as usize;
     stage.publish((0..hires).map(|n| hire(&tag, n))).await?;
     let service = stage.spawn_service(bench, &sim, "rate-limited", &[])?;
