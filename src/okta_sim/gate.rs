@@ -177,8 +177,10 @@ pub async fn gate(State(shared): State<Arc<Shared>>, request: Request, next: Nex
         next.run(request).await
     };
     let headers = response.headers_mut();
-    if let Ok(id) = HeaderValue::from_str(&random_token(27)) {
-        headers.insert("x-okta-request-id", id);
+    if !headers.contains_key("x-okta-request-id") {
+        if let Ok(id) = HeaderValue::from_str(&random_token(27)) {
+            headers.insert("x-okta-request-id", id);
+        }
     }
     if let Ok(date) = HeaderValue::from_str(&http_date(OffsetDateTime::now_utc())) {
         headers.insert(header::DATE, date);
@@ -211,6 +213,11 @@ impl Drop for Tracked {
 async fn api_gate(shared: &Arc<Shared>, request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    let (retry_for, retry_count) = (
+        header_value(request.headers(), "x-okta-retry-for"),
+        header_value(request.headers(), "x-okta-retry-count"),
+    );
+    let request_id = random_token(27);
     let mut tracked = Tracked {
         shared: shared.clone(),
         record: RequestRecord {
@@ -219,6 +226,9 @@ async fn api_gate(shared: &Arc<Shared>, request: Request, next: Next) -> Respons
             path: path.clone(),
             query: request.uri().query().map(str::to_owned),
             status: 499,
+            request_id: request_id.clone(),
+            retry_for,
+            retry_count,
         },
         in_flight: false,
     };
@@ -238,7 +248,16 @@ async fn api_gate(shared: &Arc<Shared>, request: Request, next: Next) -> Respons
     };
     let response = match latency {
         None => {
-            let reset_epoch = OffsetDateTime::now_utc().unix_timestamp() + 1;
+            // Okta's reset on a concurrency 429 is only an estimate; the fake gives the
+            // time-based window's, so a client that takes the 429 for a bucket at 0 and
+            // waits for it is seen waiting needlessly.
+            let reset_epoch = {
+                let store = shared.store();
+                snapshot(&store, SimBucket::of(&method, &path)).map_or_else(
+                    || OffsetDateTime::now_utc().unix_timestamp() + 60,
+                    |window| window.reset_epoch,
+                )
+            };
             let rate = RateHeaders {
                 limit: 0,
                 remaining: 0,
@@ -265,7 +284,18 @@ async fn api_gate(shared: &Arc<Shared>, request: Request, next: Next) -> Respons
         }
     };
     tracked.record.status = response.status().as_u16();
+    let mut response = response;
+    if let Ok(id) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-okta-request-id", id);
+    }
     response
+}
+
+fn header_value(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
 }
 
 /// Rate limit, outage, authentication and faults, decided under one lock.

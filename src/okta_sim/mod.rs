@@ -177,6 +177,12 @@ pub struct RequestRecord {
     pub status: u16,
     /// Okta's operationId, e.g. `createUser`; `unknown` for routes the fake lacks.
     pub operation: &'static str,
+    /// The answer's `X-Okta-Request-Id`.
+    pub request_id: String,
+    /// `X-Okta-Retry-For` as sent: the request id of the 429 this request retries.
+    pub retry_for: Option<String>,
+    /// `X-Okta-Retry-Count` as sent.
+    pub retry_count: Option<String>,
 }
 
 /// Fixed-window counter for one rate-limit bucket.
