@@ -135,9 +135,10 @@ struct SimArgs {
     /// Delay added to every API response, in milliseconds.
     #[arg(long, default_value_t = 0)]
     latency_ms: u64,
-    /// Requests allowed per rate-limit window and endpoint bucket (0: unlimited).
-    #[arg(long, default_value_t = 0)]
-    rate_limit: u32,
+    /// Requests allowed per rate-limit window in every endpoint bucket (0: unlimited).
+    /// Without it, a workforce org's per-bucket limits (600/min for creating users, …).
+    #[arg(long)]
+    rate_limit: Option<u32>,
     /// Length of the rate-limit window, in seconds.
     #[arg(long, default_value_t = 60)]
     rate_window_secs: u64,
@@ -401,6 +402,16 @@ async fn run_mapping_check() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The fake's rate limits from `--rate-limit` and `--rate-window-secs`.
+fn sim_rate_limit(per_window: Option<u32>, window_secs: u64) -> Option<RateLimit> {
+    let window = Duration::from_secs(window_secs.max(1));
+    match per_window {
+        None => Some(RateLimit::workforce().with_window(window)),
+        Some(0) => None,
+        Some(n) => Some(RateLimit::uniform(n, window)),
+    }
+}
+
 async fn run_sim(args: SimArgs) -> anyhow::Result<()> {
     let mut groups = args.groups.clone();
     if let Some(path) = &args.groups_file {
@@ -410,10 +421,7 @@ async fn run_sim(args: SimArgs) -> anyhow::Result<()> {
         listen: args.listen,
         groups,
         latency: Duration::from_millis(args.latency_ms),
-        rate_limit: (args.rate_limit > 0).then(|| RateLimit {
-            requests_per_window: args.rate_limit,
-            window: Duration::from_secs(args.rate_window_secs.max(1)),
-        }),
+        rate_limit: sim_rate_limit(args.rate_limit, args.rate_window_secs),
         ..SimConfig::default()
     };
     match args.token {

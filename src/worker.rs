@@ -10,13 +10,13 @@ use crate::amqp::publisher::{DeliveredMessage, PublishError, Publisher};
 use crate::amqp::{headers, trace};
 use crate::deferral::{Deferral, Gate};
 use crate::domain::event::{
-    parse_message_bounded, printable, HrEvent, RawMessage, ValidationContext, ValidationError,
-    DEFAULT_MAX_MESSAGE_BYTES,
+    parse_message_bounded, printable, EventType, HrEvent, RawMessage, ValidationContext,
+    ValidationError, DEFAULT_MAX_MESSAGE_BYTES,
 };
 use crate::domain::outcome::{ErrorKind, Failure, Outcome, OutcomeStatus};
 use crate::lanes::{Admission, Lane, Lanes, Settlement};
 use crate::metrics::Metrics;
-use crate::okta::OktaError;
+use crate::okta::{pacing, OktaError};
 use crate::outage::OktaCircuit;
 use crate::provisioner::{DeliveryFacts, ProvisionError, Provisioner, Purpose, Report};
 use crate::retry::RetryPolicy;
@@ -348,7 +348,8 @@ impl Worker {
         };
         let mut attempt = 1u32;
         loop {
-            let error = match self.provisioner.provision(event, facts).await {
+            let provisioning = self.provisioner.provision(event, facts);
+            let error = match pacing::with_priority(pacing_priority(event), provisioning).await {
                 Ok(mut report) => {
                     self.circuit.record_success();
                     self.deferral
@@ -518,6 +519,15 @@ impl Worker {
                 Next::GiveUp => {}
             }
         }
+    }
+}
+
+/// A removal's Okta calls go before hires' where they share a rate-limit bucket:
+/// access must end quickly, whatever the backlog.
+fn pacing_priority(event: &HrEvent) -> pacing::Priority {
+    match event.event_type() {
+        EventType::Removed => pacing::Priority::Leaver,
+        _ => pacing::Priority::Normal,
     }
 }
 

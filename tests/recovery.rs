@@ -28,10 +28,7 @@ async fn wait_all_succeeded(world: &mut World, expected: usize) -> HashSet<Strin
 async fn a_burst_at_a_small_rate_limit_all_succeeds_with_few_429s() {
     let options = Options {
         sim: SimConfig {
-            rate_limit: Some(RateLimit {
-                requests_per_window: 10,
-                window: Duration::from_secs(2),
-            }),
+            rate_limit: Some(RateLimit::uniform(10, Duration::from_secs(2))),
             ..SimConfig::default()
         },
         ..Options::default()

@@ -7,7 +7,9 @@ use crate::procfs::{self, CpuMeter, CpuShare};
 use crate::service::{ServiceProcess, GROUPS};
 use anyhow::{bail, Context, Result};
 use futures_util::StreamExt;
-use iam_provisioner::okta_sim::{OktaSim, RateLimit, RequestRecord, SimConfig, UserStatus};
+use iam_provisioner::okta_sim::{
+    OktaSim, RateLimit, RequestRecord, SimBucket, SimConfig, UserStatus,
+};
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection};
@@ -454,14 +456,7 @@ pub async fn rate_limited(
 ) -> Result<RateLimited> {
     let stage = Stage::new(bench, "ratelimit").await?;
     let tag = stage.tag.clone();
-    let sim = fake_okta(
-        Duration::ZERO,
-        Some(RateLimit {
-            requests_per_window: limit,
-            window,
-        }),
-    )
-    .await?;
+    let sim = fake_okta(Duration::ZERO, Some(RateLimit::uniform(limit, window))).await?;
     let hires = (windows * limit + 1) as usize;
     stage.publish((0..hires).map(|n| hire(&tag, n))).await?;
     let service = stage.spawn_service(bench, &sim, "rate-limited", &[])?;
@@ -599,5 +594,112 @@ pub async fn leaver_latency(
         hires_ready_ahead: ready_ahead,
         backlog_drained_p50_ms: percentile(&sorted_drained, 50.0),
         backlog_drained_ms: drained,
+    })
+}
+
+/// (6b): how long a leaver waits while a backlog of hires keeps Okta's createUser
+/// bucket at 0 (issue 12). The leaver's calls (`getUser`, `revokeUserSessions`,
+/// `deactivateUser`) are in other buckets, so it should not wait for the window.
+#[derive(Debug, Clone, Serialize)]
+pub struct RateLimitedLeaver {
+    pub backlog: usize,
+    pub limit_per_window: u32,
+    pub window_secs: u64,
+    pub latency_ms_of_fake: u64,
+    pub trials: usize,
+    /// Publish of the removal → the fake Okta has the user `DEPROVISIONED`, per trial.
+    pub latencies_ms: Vec<f64>,
+    /// Trials whose removal was published, and whose user was deactivated, while the
+    /// fake reported the createUser bucket at 0 in one and the same window.
+    pub trials_within_an_empty_window: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    /// 429s the fake answered during the scenario.
+    pub rate_limited_429s: u64,
+}
+
+/// (6b): `backlog` hires against `limit` requests per `window` per bucket; once the
+/// createUser bucket is at 0, `trials` removals one after the other.
+pub async fn leaver_behind_rate_limit(
+    bench: &Bench,
+    backlog: usize,
+    trials: usize,
+    limit: u32,
+    window: Duration,
+    latency: Duration,
+) -> Result<RateLimitedLeaver> {
+    let stage = Stage::new(bench, "leaverrl").await?;
+    let tag = stage.tag.clone();
+    let sim = fake_okta(latency, Some(RateLimit::uniform(limit, window))).await?;
+    stage.publish((0..backlog).map(|n| hire(&tag, n))).await?;
+    let mut service = stage.spawn_service(bench, &sim, "leaver-ratelimit", &[])?;
+    service.wait_until_consuming(START_TIMEOUT).await?;
+    let deadline = Instant::now() + window + START_TIMEOUT;
+    while sim.bucket(SimBucket::Users).is_none_or(|w| w.remaining > 0) {
+        if Instant::now() >= deadline {
+            bail!("the createUser bucket never reached 0");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let empty_window = |sim: &OktaSim| {
+        sim.bucket(SimBucket::Users)
+            .filter(|w| w.remaining == 0)
+            .map(|w| w.reset_epoch)
+    };
+    let mut latencies = Vec::with_capacity(trials);
+    let mut within = 0;
+    for trial in 0..trials {
+        let leaver_email = format!("rl-leaver{trial}.{tag}@bench.example.com");
+        let leaver_id = format!("RL-{tag}-{trial}");
+        let user_id = sim.create_user(
+            json!({"login": leaver_email, "email": leaver_email, "firstName": "Grace",
+                   "lastName": "Hopper", "employeeNumber": leaver_id}),
+            UserStatus::Active,
+        );
+        let window_at_publish = empty_window(&sim);
+        let published = Instant::now();
+        stage
+            .publish([removal(
+                &tag,
+                &format!("rl{trial}"),
+                Some(&leaver_id),
+                Some(&leaver_email),
+            )])
+            .await?;
+        let deadline = published + window + Duration::from_secs(30);
+        loop {
+            if sim
+                .user(&user_id)
+                .is_some_and(|u| u.status == UserStatus::Deprovisioned)
+            {
+                latencies.push(published.elapsed().as_secs_f64() * 1000.0);
+                break;
+            }
+            if Instant::now() >= deadline {
+                bail!("trial {trial}: the leaver was not deactivated in time");
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        if window_at_publish.is_some() && window_at_publish == empty_window(&sim) {
+            within += 1;
+        }
+    }
+    // The rest of the backlog would take minutes at the limit: it is not waited for.
+    service.stop().await?;
+    let mut sorted = latencies.clone();
+    sorted.sort_by(f64::total_cmp);
+    Ok(RateLimitedLeaver {
+        backlog,
+        limit_per_window: limit,
+        window_secs: window.as_secs(),
+        latency_ms_of_fake: latency.as_millis() as u64,
+        trials,
+        p50_ms: percentile(&sorted, 50.0),
+        p99_ms: percentile(&sorted, 99.0),
+        max_ms: sorted.last().copied().unwrap_or(f64::NAN),
+        latencies_ms: latencies,
+        trials_within_an_empty_window: within,
+        rate_limited_429s: sim.rate_limited_count(),
     })
 }

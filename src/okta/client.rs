@@ -9,7 +9,7 @@
 
 use super::auth::{self, Authorizer, OktaAuth};
 use super::error::{ApiError, OktaError};
-use super::pacing::{bucket_of, BucketReport, Pacer};
+use super::pacing::{endpoint_of, BucketReport, Pacer};
 use super::search;
 use crate::domain::plan::AccountStatus;
 use crate::metrics::Metrics;
@@ -572,7 +572,10 @@ impl OktaClient {
             });
         }
         let mut retry_for: Option<String> = None;
+        // Retries after any 429, for `X-Okta-Retry-Count`.
+        let mut retries_after_429 = 0u32;
         let mut rate_limit_retries = 0u32;
+        let mut concurrency_retries = 0u32;
         let mut renewed_token = false;
         loop {
             let authorization = self.inner.auth.authorization().await?;
@@ -588,9 +591,13 @@ impl OktaClient {
             if let Some(previous) = &retry_for {
                 request = request
                     .header("X-Okta-Retry-For", previous.as_str())
-                    .header("X-Okta-Retry-Count", rate_limit_retries.to_string());
+                    .header("X-Okta-Retry-Count", retries_after_429.to_string());
             }
-            let paced = self.inner.pacer.acquire(bucket_of(url.path())).await;
+            let paced = self
+                .inner
+                .pacer
+                .acquire(endpoint_of(method.as_str(), url.path()))
+                .await;
             let answer = {
                 let _permit = self.inner.in_flight.acquire().await;
                 let started = Instant::now();
@@ -614,16 +621,46 @@ impl OktaClient {
             if let Some(id) = &request_id {
                 span.record("okta.request_id", id.as_str());
             }
-            if let Some(remaining) = header_i64(&answer.headers, "x-rate-limit-remaining") {
-                self.inner
-                    .last_remaining
-                    .store(remaining, Ordering::Relaxed);
+            let concurrency_limited = answer.status == StatusCode::TOO_MANY_REQUESTS
+                && is_concurrency_limit(&answer.headers);
+            if concurrency_limited {
+                // Says nothing about the endpoint's bucket: leave the pacer as it was.
+                drop(paced);
+            } else {
+                if let Some(remaining) = header_i64(&answer.headers, "x-rate-limit-remaining") {
+                    self.inner
+                        .last_remaining
+                        .store(remaining, Ordering::Relaxed);
+                }
+                paced.report(bucket_report(
+                    &answer.headers,
+                    self.inner.settings.max_rate_limit_wait,
+                ));
             }
-            paced.report(bucket_report(&answer.headers));
             if answer.status.is_success() {
                 return Ok(answer);
             }
             if answer.status == StatusCode::TOO_MANY_REQUESTS {
+                retry_for.clone_from(&request_id);
+                retries_after_429 += 1;
+                if concurrency_limited {
+                    // Too many requests in flight org-wide, not a bucket at 0: one will
+                    // finish soon, so back off briefly instead of waiting for a window.
+                    concurrency_retries += 1;
+                    let backoff = concurrency_backoff(concurrency_retries, fastrand::f64());
+                    if concurrency_retries > CONCURRENCY_RETRIES {
+                        return Err(OktaError::ConcurrencyLimited {
+                            operation,
+                            request_id,
+                        });
+                    }
+                    tracing::debug!(
+                        wait_ms = backoff.as_millis() as u64,
+                        "Okta concurrency limit; backing off briefly"
+                    );
+                    tokio::time::sleep(backoff).await;
+                    continue;
+                }
                 let wait =
                     rate_limit_wait(&answer.headers, self.inner.settings.max_rate_limit_wait);
                 if rate_limit_retries < self.inner.settings.rate_limit_retries {
@@ -632,8 +669,12 @@ impl OktaClient {
                         wait_ms = wait.as_millis() as u64,
                         "Okta rate limit; waiting for the window to reset"
                     );
-                    tokio::time::sleep(wait).await;
-                    retry_for = request_id;
+                    // The pacer now knows the bucket is empty until its reset and holds
+                    // the retry until then; without rate-limit headers it knows nothing,
+                    // so wait here.
+                    if bucket_report(&answer.headers, wait).is_none() {
+                        tokio::time::sleep(wait).await;
+                    }
                     continue;
                 }
                 return Err(OktaError::RateLimited {
@@ -659,8 +700,10 @@ impl OktaClient {
 }
 
 /// What the rate-limit headers say about the bucket, with the reset measured on Okta's
-/// clock (`Date`), so clock skew does not matter.
-fn bucket_report(headers: &HeaderMap) -> Option<BucketReport> {
+/// clock (`Date`), so clock skew does not matter, and never further away than `max`.
+/// (`Date` is truncated to the second, so `Reset − Date` is never short of the true
+/// time left.)
+fn bucket_report(headers: &HeaderMap, max: Duration) -> Option<BucketReport> {
     let remaining = u64::try_from(header_i64(headers, "x-rate-limit-remaining")?).ok()?;
     let reset = header_i64(headers, "x-rate-limit-reset")?;
     let now = header_str(headers, "date")
@@ -668,8 +711,29 @@ fn bucket_report(headers: &HeaderMap) -> Option<BucketReport> {
         .unwrap_or_else(unix_now);
     Some(BucketReport {
         remaining,
-        resets_in: Duration::from_secs(u64::try_from(reset - now).unwrap_or(0)),
+        resets_in: Duration::from_secs(u64::try_from(reset - now).unwrap_or(0)).min(max),
     })
+}
+
+/// How often a concurrency-limit 429 is backed off from and retried inside one call.
+const CONCURRENCY_RETRIES: u32 = 6;
+
+/// Whether a 429 is Okta's concurrency limit (too many requests in flight org-wide)
+/// rather than an endpoint's bucket at 0: its `X-Rate-Limit-Limit` and
+/// `X-Rate-Limit-Remaining` are both 0 (see `okta/BEHAVIOUR.md`, "Rate limits").
+pub fn is_concurrency_limit(headers: &HeaderMap) -> bool {
+    header_i64(headers, "x-rate-limit-limit") == Some(0)
+        && header_i64(headers, "x-rate-limit-remaining") == Some(0)
+}
+
+/// The short wait after the `retry`-th (1-based) concurrency-limit 429 in a row: half
+/// of `50 ms × 2^(retry−1)` (at most 1 s) plus a random share (`unit` in `[0, 1]`) of
+/// the other half, so that requests refused together do not return together.
+pub fn concurrency_backoff(retry: u32, unit: f64) -> Duration {
+    let cap = Duration::from_millis(50)
+        .saturating_mul(1 << retry.saturating_sub(1).min(10))
+        .min(Duration::from_secs(1));
+    cap / 2 + (cap / 2).mul_f64(unit.clamp(0.0, 1.0))
 }
 
 fn unix_now() -> i64 {
@@ -820,6 +884,39 @@ mod tests {
         headers.insert("x-rate-limit-reset", HeaderValue::from_static("1000"));
         let wait = rate_limit_wait(&headers, Duration::from_secs(60));
         assert!(wait >= Duration::from_secs(1) && wait < Duration::from_millis(1250));
+    }
+
+    #[test]
+    fn a_429_with_limit_and_remaining_at_zero_is_the_concurrency_limit() {
+        let headers = |limit: &'static str, remaining: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("x-rate-limit-limit", HeaderValue::from_static(limit));
+            headers.insert(
+                "x-rate-limit-remaining",
+                HeaderValue::from_static(remaining),
+            );
+            headers
+        };
+        assert!(is_concurrency_limit(&headers("0", "0")));
+        assert!(!is_concurrency_limit(&headers("600", "0")), "a bucket at 0");
+        assert!(!is_concurrency_limit(&HeaderMap::new()), "no headers");
+    }
+
+    #[test]
+    fn concurrency_backoff_is_short_growing_and_spread() {
+        assert_eq!(concurrency_backoff(1, 0.0), Duration::from_millis(25));
+        assert_eq!(concurrency_backoff(1, 1.0), Duration::from_millis(50));
+        assert_eq!(concurrency_backoff(3, 0.0), Duration::from_millis(100));
+        for retry in 1..=CONCURRENCY_RETRIES + 5 {
+            assert!(concurrency_backoff(retry, 1.0) <= Duration::from_secs(1));
+        }
+        let total: Duration = (1..=CONCURRENCY_RETRIES)
+            .map(|retry| concurrency_backoff(retry, 1.0))
+            .sum();
+        assert!(
+            total < Duration::from_secs(3),
+            "{total:?}: far below a window"
+        );
     }
 
     #[test]

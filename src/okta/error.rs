@@ -50,6 +50,14 @@ pub enum OktaError {
         retry_after: Duration,
         request_id: Option<String>,
     },
+    /// Okta's concurrency limit (too many requests in flight org-wide) still refused
+    /// the request after the client's short backoffs. Not a bucket at 0: no window to
+    /// wait for.
+    #[error("Okta concurrency limit reached on {operation}: too many requests in flight")]
+    ConcurrencyLimited {
+        operation: &'static str,
+        request_id: Option<String>,
+    },
     /// The token endpoint refused to give the service app an access token.
     #[error("Okta refused the OAuth 2.0 access token request ({} {}): {}", .0.status, .0.error, if .0.description.is_empty() { "no description" } else { .0.description.as_str() })]
     Token(Box<TokenError>),
@@ -93,7 +101,9 @@ impl OktaError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             OktaError::Transport { .. } | OktaError::Decode { .. } => ErrorKind::Transient,
-            OktaError::RateLimited { .. } => ErrorKind::RateLimited,
+            OktaError::RateLimited { .. } | OktaError::ConcurrencyLimited { .. } => {
+                ErrorKind::RateLimited
+            }
             OktaError::Api(api) if api.status == 429 => ErrorKind::RateLimited,
             // "User is still being activated": Okta will finish on its own; try later.
             OktaError::Api(api) if api.code.as_deref() == Some("E0000112") => ErrorKind::Transient,
@@ -112,7 +122,9 @@ impl OktaError {
         match self {
             OktaError::Api(api) => api.code.as_deref(),
             OktaError::Token(token) => Some(token.error.as_str()),
-            OktaError::RateLimited { .. } => Some("E0000047"),
+            OktaError::RateLimited { .. } | OktaError::ConcurrencyLimited { .. } => {
+                Some("E0000047")
+            }
             _ => None,
         }
     }
@@ -122,10 +134,10 @@ impl OktaError {
         match self {
             OktaError::Api(api) => api.request_id.as_deref(),
             OktaError::Token(token) => token.request_id.as_deref(),
-            OktaError::RateLimited { request_id, .. } | OktaError::Decode { request_id, .. } => {
-                request_id.as_deref()
-            }
-            OktaError::ForeignLink { request_id, .. } => request_id.as_deref(),
+            OktaError::RateLimited { request_id, .. }
+            | OktaError::ConcurrencyLimited { request_id, .. }
+            | OktaError::Decode { request_id, .. }
+            | OktaError::ForeignLink { request_id, .. } => request_id.as_deref(),
             OktaError::Transport { .. } | OktaError::Assertion { .. } => None,
         }
     }
@@ -199,6 +211,24 @@ mod tests {
                 "{status}"
             );
         }
+    }
+
+    #[test]
+    fn both_kinds_of_429_are_rate_limits() {
+        let concurrency = OktaError::ConcurrencyLimited {
+            operation: "getUser",
+            request_id: Some("req-3".into()),
+        }
+        .to_failure();
+        assert_eq!(concurrency.kind, ErrorKind::RateLimited);
+        assert_eq!(concurrency.okta_error_code.as_deref(), Some("E0000047"));
+        assert_eq!(concurrency.okta_request_id.as_deref(), Some("req-3"));
+        let bucket = OktaError::RateLimited {
+            operation: "createUser",
+            retry_after: Duration::from_secs(3),
+            request_id: None,
+        };
+        assert_eq!(bucket.kind(), ErrorKind::RateLimited);
     }
 
     #[test]

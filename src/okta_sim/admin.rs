@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use super::state::timestamp;
-use super::{Fault, FaultKind, GroupType, RateLimit, Shared, UserStatus};
+use super::{Fault, FaultKind, GroupType, RateLimit, Shared, SimBucket, UserStatus};
 
 pub fn routes() -> Router<Arc<Shared>> {
     Router::new()
@@ -172,10 +172,8 @@ async fn settings(
         store.concurrency_limit = limit;
     }
     if let Some(rate) = settings.rate_limit {
-        store.rate_limit = rate.map(|r| RateLimit {
-            requests_per_window: r.requests_per_window,
-            window: Duration::from_millis(r.window_ms),
-        });
+        store.rate_limit = rate
+            .map(|r| RateLimit::uniform(r.requests_per_window, Duration::from_millis(r.window_ms)));
         store.buckets.clear();
     }
     if let Some(allowed) = settings.deactivated_profile_edits {
@@ -190,10 +188,13 @@ async fn settings(
         "latency_ms": millis(store.latency),
         "outage_status": store.outage,
         "concurrency_limit": store.concurrency_limit,
-        "rate_limit": store.rate_limit.map(|r| WireRateLimit {
-            requests_per_window: r.requests_per_window,
-            window_ms: millis(r.window),
-        }),
+        "rate_limit": store.rate_limit.map(|r| json!({
+            "window_ms": millis(r.window()),
+            "per_bucket": SimBucket::ALL
+                .iter()
+                .map(|b| (format!("{b:?}"), json!(r.limit(*b))))
+                .collect::<Map<String, Value>>(),
+        })),
     }))
 }
 

@@ -3,6 +3,11 @@
 //! authentication (API token, or an access token and the operation's scope), then
 //! injected faults. Also stamps the headers every Okta answer
 //! carries (`X-Okta-Request-Id`, `Date`, `X-Rate-Limit-*`) and writes the request log.
+//!
+//! Rate limits are Okta's management limits: per endpoint bucket ([`SimBucket`], the
+//! table in `okta/BEHAVIOUR.md`), a fixed window of about a minute, and a workforce
+//! org's numbers unless a test sets others, so that a client pacing by a coarser key
+//! than Okta's, or waiting a window out where none applies, is seen to be wrong.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +21,129 @@ use time::OffsetDateTime;
 
 use super::state::{random_token, ApiError};
 use super::{oauth, routes, Bucket, Credential, FaultKind, RequestRecord, Shared, Store};
+
+/// A workforce org's limit on requests in flight (Okta: "75 concurrent transactions").
+pub const WORKFORCE_CONCURRENCY_LIMIT: usize = 75;
+
+/// One of Okta's management rate-limit buckets (per minute, workforce org, from
+/// developer.okta.com/docs/reference/rl-global-mgmt as `okta/BEHAVIOUR.md` lists them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SimBucket {
+    /// `GET|POST /api/v1/users`: list, search, create. 600.
+    Users,
+    /// `GET /api/v1/users/{idOrLogin}`. 2,000.
+    UserById,
+    /// `POST|PUT|DELETE /api/v1/users/{id}`: update, replace, delete. 600.
+    UserWrites,
+    /// `/api/v1/groups`. 500.
+    Groups,
+    /// `/api/v1/groups/{id}` and below (members). 1,000.
+    GroupById,
+    /// Every other `/api/v1` path (lifecycle, sessions, a user's groups). 1,200.
+    Other,
+}
+
+impl SimBucket {
+    /// Every bucket, in the order of [`RateLimit`]'s table.
+    pub const ALL: [SimBucket; 6] = [
+        SimBucket::Users,
+        SimBucket::UserById,
+        SimBucket::UserWrites,
+        SimBucket::Groups,
+        SimBucket::GroupById,
+        SimBucket::Other,
+    ];
+
+    /// The bucket a request counts in.
+    pub fn of(method: &Method, path: &str) -> SimBucket {
+        let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(3).collect();
+        match (segments.as_slice(), method.as_str()) {
+            (["users"], "GET" | "POST") => SimBucket::Users,
+            (["users", _], "GET") => SimBucket::UserById,
+            (["users", _], "POST" | "PUT" | "DELETE") => SimBucket::UserWrites,
+            (["groups"], _) => SimBucket::Groups,
+            (["groups", _, ..], _) => SimBucket::GroupById,
+            _ => SimBucket::Other,
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Okta's rate limits: requests allowed per window in each [`SimBucket`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    limits: [u32; SimBucket::ALL.len()],
+    window: Duration,
+}
+
+impl RateLimit {
+    /// The same limit in every bucket (each bucket counted on its own).
+    pub fn uniform(requests_per_window: u32, window: Duration) -> RateLimit {
+        RateLimit {
+            limits: [requests_per_window; SimBucket::ALL.len()],
+            window,
+        }
+    }
+
+    /// A workforce org's per-minute limits (`okta/BEHAVIOUR.md`, "Rate limits").
+    pub fn workforce() -> RateLimit {
+        RateLimit {
+            limits: [600, 2_000, 600, 500, 1_000, 1_200],
+            window: Duration::from_secs(60),
+        }
+    }
+
+    /// This limit, with `bucket` allowing `requests_per_window`.
+    pub fn with_limit(mut self, bucket: SimBucket, requests_per_window: u32) -> RateLimit {
+        self.limits[bucket.index()] = requests_per_window;
+        self
+    }
+
+    /// This limit, with windows of `window`.
+    pub fn with_window(mut self, window: Duration) -> RateLimit {
+        self.window = window;
+        self
+    }
+
+    /// Requests allowed per window in `bucket`.
+    pub fn limit(&self, bucket: SimBucket) -> u32 {
+        self.limits[bucket.index()]
+    }
+
+    /// Length of a window; Okta's is one minute.
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+}
+
+/// A bucket's current window, for assertions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BucketSnapshot {
+    /// Requests counted in this window (refused ones included).
+    pub used: u32,
+    pub limit: u32,
+    pub remaining: u32,
+    /// When the window ends, UTC epoch seconds (`X-Rate-Limit-Reset`).
+    pub reset_epoch: i64,
+}
+
+/// `bucket`'s running window, if any.
+pub(super) fn snapshot(store: &Store, bucket: SimBucket) -> Option<BucketSnapshot> {
+    let limit = store.rate_limit.map_or(UNLIMITED, |r| r.limit(bucket));
+    store
+        .buckets
+        .get(&bucket)
+        .filter(|b| tokio::time::Instant::now() < b.ends)
+        .map(|b| BucketSnapshot {
+            used: b.count,
+            limit,
+            remaining: limit.saturating_sub(b.count),
+            reset_epoch: b.ends_epoch,
+        })
+}
 
 /// Limit reported when no rate limit is configured: large enough that no client
 /// throttles itself, while the headers stay present as they are on every Okta answer.
@@ -49,8 +177,10 @@ pub async fn gate(State(shared): State<Arc<Shared>>, request: Request, next: Nex
         next.run(request).await
     };
     let headers = response.headers_mut();
-    if let Ok(id) = HeaderValue::from_str(&random_token(27)) {
-        headers.insert("x-okta-request-id", id);
+    if !headers.contains_key("x-okta-request-id") {
+        if let Ok(id) = HeaderValue::from_str(&random_token(27)) {
+            headers.insert("x-okta-request-id", id);
+        }
     }
     if let Ok(date) = HeaderValue::from_str(&http_date(OffsetDateTime::now_utc())) {
         headers.insert(header::DATE, date);
@@ -83,6 +213,11 @@ impl Drop for Tracked {
 async fn api_gate(shared: &Arc<Shared>, request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    let (retry_for, retry_count) = (
+        header_value(request.headers(), "x-okta-retry-for"),
+        header_value(request.headers(), "x-okta-retry-count"),
+    );
+    let request_id = random_token(27);
     let mut tracked = Tracked {
         shared: shared.clone(),
         record: RequestRecord {
@@ -91,6 +226,9 @@ async fn api_gate(shared: &Arc<Shared>, request: Request, next: Next) -> Respons
             path: path.clone(),
             query: request.uri().query().map(str::to_owned),
             status: 499,
+            request_id: request_id.clone(),
+            retry_for,
+            retry_count,
         },
         in_flight: false,
     };
@@ -110,7 +248,16 @@ async fn api_gate(shared: &Arc<Shared>, request: Request, next: Next) -> Respons
     };
     let response = match latency {
         None => {
-            let reset_epoch = OffsetDateTime::now_utc().unix_timestamp() + 1;
+            // Okta's reset on a concurrency 429 is only an estimate; the fake gives the
+            // time-based window's, so a client that takes the 429 for a bucket at 0 and
+            // waits for it is seen waiting needlessly.
+            let reset_epoch = {
+                let store = shared.store();
+                snapshot(&store, SimBucket::of(&method, &path)).map_or_else(
+                    || OffsetDateTime::now_utc().unix_timestamp() + 60,
+                    |window| window.reset_epoch,
+                )
+            };
             let rate = RateHeaders {
                 limit: 0,
                 remaining: 0,
@@ -137,7 +284,18 @@ async fn api_gate(shared: &Arc<Shared>, request: Request, next: Next) -> Respons
         }
     };
     tracked.record.status = response.status().as_u16();
+    let mut response = response;
+    if let Ok(id) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-okta-request-id", id);
+    }
     response
+}
+
+fn header_value(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
 }
 
 /// Rate limit, outage, authentication and faults, decided under one lock.
@@ -148,7 +306,7 @@ fn check(
     headers: &HeaderMap,
 ) -> (Verdict, RateHeaders) {
     let mut store = shared.store();
-    let (rate, exceeded) = count_request(&mut store, bucket_for(path));
+    let (rate, exceeded) = count_request(&mut store, SimBucket::of(method, path));
     let verdict = if exceeded {
         store.rate_limited += 1;
         Verdict::Refuse(ApiError::rate_limited())
@@ -210,21 +368,10 @@ fn authorize(
     }
 }
 
-/// Okta rate-limits per endpoint family; the fake keeps one bucket per family.
-fn bucket_for(path: &str) -> &'static str {
-    if path.starts_with("/api/v1/users") {
-        "users"
-    } else if path.starts_with("/api/v1/groups") {
-        "groups"
-    } else {
-        "other"
-    }
-}
-
 /// Counts a request in its bucket's fixed window; true when it is over the limit.
-fn count_request(store: &mut Store, bucket: &'static str) -> (RateHeaders, bool) {
+fn count_request(store: &mut Store, bucket: SimBucket) -> (RateHeaders, bool) {
     let (limit, window) = match store.rate_limit {
-        Some(r) => (r.requests_per_window, r.window),
+        Some(r) => (r.limit(bucket), r.window),
         None => (UNLIMITED, UNLIMITED_WINDOW),
     };
     let now = tokio::time::Instant::now();

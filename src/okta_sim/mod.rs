@@ -43,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 
 use state::Directory;
 
+pub use gate::{BucketSnapshot, RateLimit, SimBucket, WORKFORCE_CONCURRENCY_LIMIT};
 pub use oauth::{test_key_pair, KeyKind, SimOAuthClient, TestKeyPair, TokenRecord};
 
 /// How to start the fake.
@@ -54,9 +55,11 @@ pub struct SimConfig {
     pub api_token: String,
     /// Delay added before every `/api/` response.
     pub latency: Duration,
-    /// Per-bucket request limit; `None` never answers 429 for volume.
+    /// Per-bucket request limits; `None` never answers 429 for volume. Default: a
+    /// workforce org's ([`RateLimit::workforce`]), as strict as a real org.
     pub rate_limit: Option<RateLimit>,
-    /// Most `/api/` requests in flight at once; more get 429. `None` is unlimited.
+    /// Most `/api/` requests in flight at once; more get 429 (Limit and Remaining 0).
+    /// `None` is unlimited. Default: a workforce org's 75.
     pub concurrency_limit: Option<usize>,
     /// Names of `OKTA_GROUP` groups to create at start.
     pub groups: Vec<String>,
@@ -80,8 +83,8 @@ impl Default for SimConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             api_token: format!("00{}", state::random_token(40)),
             latency: Duration::ZERO,
-            rate_limit: None,
-            concurrency_limit: None,
+            rate_limit: Some(RateLimit::workforce()),
+            concurrency_limit: Some(WORKFORCE_CONCURRENCY_LIMIT),
             groups: Vec::new(),
             oauth_clients: Vec::new(),
             access_token_lifetime: Duration::from_secs(3600),
@@ -104,15 +107,6 @@ pub struct SentEmail {
     pub kind: &'static str,
     /// The operation that sent it: `createUser` or `activateUser`.
     pub operation: &'static str,
-}
-
-/// A rate limit applied separately to each endpoint bucket (users, groups, other).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RateLimit {
-    /// Requests allowed per window in one bucket.
-    pub requests_per_window: u32,
-    /// Length of a window; Okta's is one minute.
-    pub window: Duration,
 }
 
 /// A user's lifecycle status, serialised as Okta spells it (`ACTIVE`, `LOCKED_OUT`, …).
@@ -210,6 +204,12 @@ pub struct RequestRecord {
     pub status: u16,
     /// Okta's operationId, e.g. `createUser`; `unknown` for routes the fake lacks.
     pub operation: &'static str,
+    /// The answer's `X-Okta-Request-Id`.
+    pub request_id: String,
+    /// `X-Okta-Retry-For` as sent: the request id of the 429 this request retries.
+    pub retry_for: Option<String>,
+    /// `X-Okta-Retry-Count` as sent.
+    pub retry_count: Option<String>,
 }
 
 /// Fixed-window counter for one rate-limit bucket.
@@ -230,7 +230,7 @@ struct Store {
     rate_limit: Option<RateLimit>,
     concurrency_limit: Option<usize>,
     in_flight: usize,
-    buckets: HashMap<&'static str, Bucket>,
+    buckets: HashMap<SimBucket, Bucket>,
     faults: Vec<Fault>,
     log: VecDeque<RequestRecord>,
     rate_limited: u64,
@@ -492,6 +492,12 @@ impl OktaSim {
 
     pub fn clear_request_log(&self) {
         self.shared.store().log.clear();
+    }
+
+    /// The current window of a rate-limit bucket, as the next answer's headers would
+    /// report it before counting itself; `None` when no window is running there.
+    pub fn bucket(&self, bucket: SimBucket) -> Option<BucketSnapshot> {
+        gate::snapshot(&self.shared.store(), bucket)
     }
 
     /// How many requests were refused with 429 (rate or concurrency limit, not faults).

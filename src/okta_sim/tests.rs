@@ -707,10 +707,7 @@ async fn request_ids_are_unique() {
 #[tokio::test]
 async fn rate_limit_per_bucket_then_429_until_reset() {
     let h = Harness::start(SimConfig {
-        rate_limit: Some(RateLimit {
-            requests_per_window: 3,
-            window: Duration::from_millis(700),
-        }),
+        rate_limit: Some(RateLimit::uniform(3, Duration::from_millis(700))),
         ..SimConfig::default()
     })
     .await;
@@ -722,7 +719,7 @@ async fn rate_limit_per_bucket_then_429_until_reset() {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     assert!((now..=now + 2).contains(&header(&first, "x-rate-limit-reset")));
     h.get("/api/v1/users").await;
-    h.get("/api/v1/users/someone@example.com").await;
+    h.get("/api/v1/users").await;
     let limited = h.get("/api/v1/users").await;
     assert_eq!(header(&limited, "x-rate-limit-remaining"), 0);
     let body = expect_error(limited, 429, "E0000047").await;
@@ -735,6 +732,11 @@ async fn rate_limit_per_bucket_then_429_until_reset() {
         200,
         "groups have their own bucket"
     );
+    assert_ne!(
+        h.get("/api/v1/users/someone@example.com").await.status(),
+        429,
+        "getUser has its own bucket"
+    );
     assert_eq!(h.sim.rate_limited_count(), 1);
     tokio::time::sleep(Duration::from_millis(750)).await;
     assert_eq!(h.get("/api/v1/users").await.status(), 200);
@@ -742,6 +744,98 @@ async fn rate_limit_per_bucket_then_429_until_reset() {
     for _ in 0..5 {
         assert_eq!(h.get("/api/v1/users").await.status(), 200);
     }
+}
+
+#[test]
+fn requests_count_in_okta_endpoint_buckets() {
+    let cases = [
+        (Method::GET, "/api/v1/users", SimBucket::Users),
+        (Method::POST, "/api/v1/users", SimBucket::Users),
+        (Method::GET, "/api/v1/users/00u1", SimBucket::UserById),
+        (Method::POST, "/api/v1/users/00u1", SimBucket::UserWrites),
+        (Method::DELETE, "/api/v1/users/00u1", SimBucket::UserWrites),
+        (
+            Method::POST,
+            "/api/v1/users/00u1/lifecycle/deactivate",
+            SimBucket::Other,
+        ),
+        (
+            Method::DELETE,
+            "/api/v1/users/00u1/sessions",
+            SimBucket::Other,
+        ),
+        (Method::GET, "/api/v1/users/00u1/groups", SimBucket::Other),
+        (Method::GET, "/api/v1/groups", SimBucket::Groups),
+        (Method::GET, "/api/v1/groups/00g1", SimBucket::GroupById),
+        (
+            Method::PUT,
+            "/api/v1/groups/00g1/users/00u1",
+            SimBucket::GroupById,
+        ),
+    ];
+    for (method, path, bucket) in cases {
+        assert_eq!(SimBucket::of(&method, path), bucket, "{method} {path}");
+    }
+}
+
+#[tokio::test]
+async fn a_workforce_orgs_limits_and_concurrency_limit_are_the_default() {
+    let config = SimConfig::default();
+    assert_eq!(config.concurrency_limit, Some(75));
+    let h = Harness::start(config).await;
+    for (path, limit) in [
+        ("/api/v1/users", "600"),
+        ("/api/v1/users/nobody", "2000"),
+        ("/api/v1/users/nobody/groups", "1200"),
+        ("/api/v1/groups", "500"),
+        ("/api/v1/groups/00gnone", "1000"),
+    ] {
+        let response = h.get(path).await;
+        assert_eq!(response.headers()["x-rate-limit-limit"], limit, "{path}");
+        let reset: i64 = response.headers()["x-rate-limit-reset"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        assert!((now + 58..=now + 61).contains(&reset), "a minute's window");
+    }
+    let users = h.sim.bucket(SimBucket::Users).expect("a window runs");
+    assert_eq!((users.used, users.remaining), (1, 599));
+    assert_eq!(h.sim.bucket(SimBucket::UserWrites), None, "not used yet");
+}
+
+#[tokio::test]
+async fn an_empty_create_bucket_leaves_a_leavers_endpoints_open() {
+    let h = Harness::start(SimConfig {
+        rate_limit: Some(RateLimit::workforce().with_limit(SimBucket::Users, 1)),
+        ..SimConfig::default()
+    })
+    .await;
+    let id = h.sim.create_user(
+        json!({"login": "leaver@example.com", "email": "leaver@example.com"}),
+        UserStatus::Active,
+    );
+    h.get("/api/v1/users").await;
+    expect_error(h.get("/api/v1/users").await, 429, "E0000047").await;
+    assert_eq!(h.sim.bucket(SimBucket::Users).map(|b| b.remaining), Some(0));
+    assert_eq!(h.get(&format!("/api/v1/users/{id}")).await.status(), 200);
+    let revoke = h
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/users/{id}/sessions"),
+            None,
+        )
+        .await;
+    assert_eq!(revoke.status(), 204);
+    let deactivate = h
+        .call(
+            Method::POST,
+            &format!("/api/v1/users/{id}/lifecycle/deactivate"),
+            None,
+        )
+        .await;
+    assert_eq!(deactivate.status(), 200);
 }
 
 #[tokio::test]
