@@ -216,6 +216,8 @@ pub struct Settings {
     pub mapping_poll: Option<Duration>,
     /// Partitioned mode (`PARTITIONS`), or `None`: one work queue, as without it.
     pub partitioning: Option<Partitioning>,
+    /// `TRUSTED_PUBLISHERS`, `ALLOWED_EMAIL_DOMAINS`, `PROTECTED_*` (see `crate::trust`).
+    pub trust: crate::trust::TrustSettings,
 }
 
 /// Partitioned mode: events spread over `partitions` single-active-consumer queues by
@@ -253,6 +255,7 @@ impl Settings {
     ) -> Result<Self, ConfigError> {
         let vars: Vec<(String, String)> = set_only(vars).collect();
         let BrokerSettings { amqp_url, topology } = BrokerSettings::from_vars(vars.clone())?;
+        let trust = crate::trust::TrustSettings::from_vars(vars.clone())?;
         let raw: RawEnv = envy::from_iter(vars).map_err(|e| ConfigError::Env(e.to_string()))?;
 
         let okta = okta_target(&raw, okta_sim)?;
@@ -395,6 +398,7 @@ impl Settings {
             activation_time,
             mapping_poll,
             partitioning: partitioning(&raw)?,
+            trust,
         })
     }
 }

@@ -45,6 +45,9 @@ pub enum ErrorKind {
     Transient,
     /// Okta's rate limit; waits, never dead-letters by itself.
     RateLimited,
+    /// The event would touch an account HR does not own or an admin protected
+    /// (contract section 3, "Trust"); dead-lettered at once, nothing changed.
+    Conflict,
 }
 
 impl ErrorKind {
@@ -55,6 +58,7 @@ impl ErrorKind {
             ErrorKind::Okta => "okta",
             ErrorKind::Transient => "transient",
             ErrorKind::RateLimited => "rate_limited",
+            ErrorKind::Conflict => "conflict",
         }
     }
 
