@@ -56,10 +56,7 @@ impl BrokerUser {
 
     /// A confirm-mode channel on a connection of this user.
     async fn channel(&self) -> (Connection, Channel) {
-        let url = format!(
-            "amqp://{}:{}@127.0.0.1:5672/%2f",
-            self.name, self.password
-        );
+        let url = format!("amqp://{}:{}@127.0.0.1:5672/%2f", self.name, self.password);
         let conn = Connection::connect(&url, ConnectionProperties::default())
             .await
             .expect("the test user connects");
@@ -127,8 +124,15 @@ async fn a_forged_guard_bypass_from_the_input_exchange_is_ignored_and_counted() 
     }
     let finals = world.final_outcomes_of(&ids).await;
     let held = finals.values().filter(|o| o["status"] == "held").count();
-    let done = finals.values().filter(|o| o["status"] == "succeeded").count();
-    assert_eq!((done, held), (2, 2), "the guard holds beyond its max: {finals:?}");
+    let done = finals
+        .values()
+        .filter(|o| o["status"] == "succeeded")
+        .count();
+    assert_eq!(
+        (done, held),
+        (2, 2),
+        "the guard holds beyond its max: {finals:?}"
+    );
     let deactivated = world
         .sim
         .users()
@@ -141,7 +145,10 @@ async fn a_forged_guard_bypass_from_the_input_exchange_is_ignored_and_counted() 
     assert_eq!(held_copies.len(), 2);
     for copy in &held_copies {
         assert_eq!(
-            header_str(copy.delivery.properties.headers(), "x-offboarding-guard-bypass"),
+            header_str(
+                copy.delivery.properties.headers(),
+                "x-offboarding-guard-bypass"
+            ),
             None
         );
     }
@@ -227,7 +234,10 @@ async fn protected_accounts_survive_removals_and_leavers_still_cost_three_okta_c
     })
     .await;
 
-    for (email, employee) in [("root@example.com", "ADM-1"), ("super@example.com", "ADM-2")] {
+    for (email, employee) in [
+        ("root@example.com", "ADM-1"),
+        ("super@example.com", "ADM-2"),
+    ] {
         let id = event_id("protected");
         world
             .publish(
@@ -249,7 +259,10 @@ async fn protected_accounts_survive_removals_and_leavers_still_cost_three_okta_c
     // A hire may not adopt a protected account, whoever it names.
     let id = event_id("protected-adopt");
     world
-        .publish("employee.added", &hire(&id, "E-999", "root@example.com", &["Sales"]))
+        .publish(
+            "employee.added",
+            &hire(&id, "E-999", "root@example.com", &["Sales"]),
+        )
         .await;
     let outcome = world.final_outcome(&id).await;
     assert_eq!(outcome["error"]["kind"], "conflict", "{outcome}");
@@ -295,7 +308,9 @@ async fn protected_accounts_survive_removals_and_leavers_still_cost_three_okta_c
 async fn no_event_runs_before_the_protected_groups_are_read() {
     let mut options = Options::default();
     // The group does not exist yet: the membership cannot be known.
-    options.env.push(("PROTECTED_GROUPS", "Later-Admins".into()));
+    options
+        .env
+        .push(("PROTECTED_GROUPS", "Later-Admins".into()));
     options.env.push(("PROTECTED_REFRESH_SECS", "1".into()));
     let mut world = World::start_with("protected-first", options).await;
     eventually("/readyz says the protected groups are not read", || async {
@@ -305,7 +320,10 @@ async fn no_event_runs_before_the_protected_groups_are_read() {
     .await;
     let id = event_id("waits");
     world
-        .publish("employee.added", &hire(&id, "E-830", "waits@example.com", &[]))
+        .publish(
+            "employee.added",
+            &hire(&id, "E-830", "waits@example.com", &[]),
+        )
         .await;
     // Once the group exists, the next read loads it and the waiting hire runs.
     let read_before = world
@@ -328,9 +346,10 @@ async fn no_event_runs_before_the_protected_groups_are_read() {
         world.sim.user("waits@example.com").is_none(),
         "nothing is provisioned before the protected groups are read"
     );
-    world
-        .sim
-        .create_group("Later-Admins", iam_provisioner::okta_sim::GroupType::OktaGroup);
+    world.sim.create_group(
+        "Later-Admins",
+        iam_provisioner::okta_sim::GroupType::OktaGroup,
+    );
     let outcome = world.final_outcome(&id).await;
     assert_eq!(outcome["status"], "succeeded", "{outcome}");
     eventually("ready", || async {
@@ -372,10 +391,17 @@ async fn only_trusted_publishers_are_accepted_and_copies_carry_no_user_id_or_exp
         .await;
     let anonymous = event_id("anonymous");
     world
-        .publish("employee.added", &hire(&anonymous, "E-842", "anon@example.com", &[]))
+        .publish(
+            "employee.added",
+            &hire(&anonymous, "E-842", "anon@example.com", &[]),
+        )
+        .await;
+    // Different employees run concurrently: either may finish first.
+    let finals = world
+        .final_outcomes_of(&[guest.clone(), anonymous.clone()])
         .await;
     for id in [&guest, &anonymous] {
-        let outcome = world.final_outcome(id).await;
+        let outcome = &finals[id];
         assert_eq!(outcome["status"], "failed", "{outcome}");
         assert_eq!(outcome["error"]["kind"], "validation", "{outcome}");
         assert!(
@@ -392,7 +418,8 @@ async fn only_trusted_publishers_are_accepted_and_copies_carry_no_user_id_or_exp
     // service's user, so it cannot keep the HR user_id (the broker would refuse it) or
     // the TTL (the failure would silently expire); the publisher is recorded instead.
     let invalid = event_id("invalid");
-    let body = json!({"event_id": invalid, "occurred_at": now_rfc3339(), "employee": {"id": "E-843"}});
+    let body =
+        json!({"event_id": invalid, "occurred_at": now_rfc3339(), "employee": {"id": "E-843"}});
     publish_to(
         &hr_channel,
         &world.names.input_exchange,
@@ -440,14 +467,22 @@ async fn only_trusted_publishers_are_accepted_and_copies_carry_no_user_id_or_exp
     let by_id = |id: &str| {
         dead.iter()
             .find(|m| {
-                m.delivery.properties.message_id().as_ref().map(|m| m.as_str()) == Some(id)
+                m.delivery
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map(|m| m.as_str())
+                    == Some(id)
             })
             .expect("dead-lettered")
     };
     assert_eq!(recorded(by_id(&guest)).as_deref(), Some("guest"));
     assert_eq!(recorded(by_id(&anonymous)), None);
     assert_eq!(recorded(by_id(&invalid)).as_deref(), Some(hr.name.as_str()));
-    assert_eq!(recorded(&parked_copies[0]).as_deref(), Some(hr.name.as_str()));
+    assert_eq!(
+        recorded(&parked_copies[0]).as_deref(),
+        Some(hr.name.as_str())
+    );
 }
 
 #[tokio::test]
@@ -462,7 +497,10 @@ async fn events_for_another_email_domain_are_refused() {
         .create_user(profile("E-851", "ceo@partner.test"), UserStatus::Active);
     let hire_id = event_id("domain-hire");
     world
-        .publish("employee.added", &hire(&hire_id, "E-850", "new@evil.test", &[]))
+        .publish(
+            "employee.added",
+            &hire(&hire_id, "E-850", "new@evil.test", &[]),
+        )
         .await;
     let removal_id = event_id("domain-removal");
     world
@@ -473,7 +511,10 @@ async fn events_for_another_email_domain_are_refused() {
         .await;
     let ok_id = event_id("domain-ok");
     world
-        .publish("employee.added", &hire(&ok_id, "E-852", "ok@EXAMPLE.com", &[]))
+        .publish(
+            "employee.added",
+            &hire(&ok_id, "E-852", "ok@EXAMPLE.com", &[]),
+        )
         .await;
     let finals = world
         .final_outcomes_of(&[hire_id.clone(), removal_id.clone(), ok_id.clone()])

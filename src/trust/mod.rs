@@ -267,7 +267,7 @@ pub fn judge_email_domain(allowed: Option<&[String]>, email: Option<&Email>) -> 
         .rsplit_once('@')
         .map(|(_, domain)| domain.to_lowercase())
         .unwrap_or_default();
-    if allowed.iter().any(|a| *a == domain) {
+    if allowed.contains(&domain) {
         Ok(())
     } else {
         Err(format!(
