@@ -361,6 +361,25 @@ mod tests {
     }
 
     #[test]
+    fn a_replayed_copy_carries_no_user_id_or_expiration_and_records_the_publisher() {
+        let now = datetime!(2026-12-01 10:00:00 UTC);
+        let original = service_dead_letter()
+            .with_user_id("hr-publisher".into())
+            .with_expiration("1000".into());
+        let (_, copy) = replay_copy(&original, "employee.added", now);
+        assert_eq!(
+            copy.user_id(),
+            &None,
+            "the operator's connection would be refused"
+        );
+        assert_eq!(copy.expiration(), &None, "a replayed event must not expire");
+        assert_eq!(
+            headers::get_str(copy.headers().as_ref(), crate::trust::ORIGINAL_USER_ID),
+            Some("hr-publisher")
+        );
+    }
+
+    #[test]
     fn a_replayed_broker_dead_letter_gains_its_lineage_from_x_death() {
         let now = datetime!(2026-12-01 10:00:00 UTC);
         let (key, copy) = replay_copy(&broker_dead_letter(), "employee.removed", now);
