@@ -534,3 +534,74 @@ async fn events_for_another_email_domain_are_refused() {
     );
     assert_eq!(world.drain_dead_letters().await.len(), 2);
 }
+
+#[tokio::test]
+async fn partitioned_the_intake_removes_forged_headers_and_copies_without_user_id() {
+    let hr = BrokerUser::create("hr-part");
+    let mut world = World::start_with(
+        "trust-partitioned",
+        Options {
+            env: vec![
+                ("PARTITIONS", "2".into()),
+                ("REPLICAS", "1".into()),
+                ("REPLICA_INDEX", "0".into()),
+                ("TRUSTED_PUBLISHERS", hr.name.clone()),
+            ],
+            ..Options::default()
+        },
+    )
+    .await;
+    world
+        .cleanup
+        .extra_queues
+        .extend([0, 1].map(|p| world.names.partition_queue(p)));
+    let _exchange = PartitionsExchangeCleanup(world.names.partitions_exchange());
+    let (_hr_conn, hr_channel) = hr.channel().await;
+    // After the intake every delivery comes from the partitions exchange, an own route:
+    // the intake is where a forged marker must go. With a validated user_id the intake's
+    // copy (published by the service's user) could not even be published if it kept it.
+    let id = event_id("part-forged");
+    let body = hire(&id, "E-860", "partitioned@example.com", &["Sales"]);
+    publish_to(
+        &hr_channel,
+        &world.names.input_exchange,
+        "employee.added",
+        body.to_string().as_bytes(),
+        properties_for(
+            &body,
+            &[
+                ("x-scheduled-kind", "activation"),
+                ("x-scheduled-for", "2020-01-01T00:00:00Z"),
+                ("x-original-user-id", "someone-else"),
+            ],
+        )
+        .with_user_id(hr.name.as_str().into())
+        .with_expiration("600000".into()),
+    )
+    .await;
+    let outcome = world.final_outcome(&id).await;
+    assert_eq!(outcome["status"], "succeeded", "{outcome}");
+    assert!(
+        strings(&outcome["actions"]).contains(&"user.created".to_owned()),
+        "the forged activation marker was ignored: {outcome}"
+    );
+    // Judged by the broker-validated publisher, not the forged record.
+    let refused = event_id("part-refused");
+    let body = hire(&refused, "E-861", "other@example.com", &[]);
+    world
+        .publish_raw(
+            "employee.added",
+            body.to_string().as_bytes(),
+            properties_for(&body, &[("x-original-user-id", hr.name.as_str())]),
+        )
+        .await;
+    let outcome = world.final_outcome(&refused).await;
+    assert_eq!(outcome["error"]["kind"], "validation", "{outcome}");
+    let dead = world.drain_dead_letters().await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        header_str(dead[0].delivery.properties.headers(), "x-original-user-id"),
+        None,
+        "a forged record is removed at the intake"
+    );
+}
