@@ -54,6 +54,62 @@ impl BrokerUser {
         user
     }
 
+    /// A user with the permissions (and topic permissions) `deploy/rabbitmq` gives
+    /// `example`, its regular expressions moved under this test's `prefix`.
+    fn like_example(label: &str, example: &str, prefix: &str) -> Self {
+        let name = format!("test-{label}-{:08x}", fastrand::u32(..));
+        let password = format!("pw{:016x}", fastrand::u64(..));
+        let user = Self { name, password };
+        rabbitmqctl(&["add_user", &user.name, &user.password]);
+        let text = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("deploy/rabbitmq/definitions.json"),
+        )
+        .expect("definitions");
+        let definitions: Value = serde_json::from_str(&text).expect("JSON");
+        let escaped = prefix.replace('.', "\\.");
+        // `^X$` becomes `^<prefix>(?:X)$`, so that every alternative stays under the prefix.
+        let moved = |regex: &str| -> String {
+            match regex.strip_prefix('^').and_then(|r| r.strip_suffix('$')) {
+                Some(inner) if !inner.is_empty() => format!("^{escaped}(?:{inner})$"),
+                _ => regex.to_owned(),
+            }
+        };
+        let permission = definitions["permissions"]
+            .as_array()
+            .expect("permissions")
+            .iter()
+            .find(|p| p["user"] == example)
+            .expect("example user");
+        let field = |key: &str| moved(permission[key].as_str().expect("regex"));
+        rabbitmqctl(&[
+            "set_permissions",
+            "-p",
+            "/",
+            &user.name,
+            &field("configure"),
+            &field("write"),
+            &field("read"),
+        ]);
+        for topic in definitions["topic_permissions"]
+            .as_array()
+            .expect("topic permissions")
+            .iter()
+            .filter(|p| p["user"] == example)
+        {
+            rabbitmqctl(&[
+                "set_topic_permissions",
+                "-p",
+                "/",
+                &user.name,
+                &format!("{prefix}{}", topic["exchange"].as_str().expect("exchange")),
+                topic["write"].as_str().expect("write"),
+                topic["read"].as_str().expect("read"),
+            ]);
+        }
+        user
+    }
+
     /// A confirm-mode channel on a connection of this user.
     async fn channel(&self) -> (Connection, Channel) {
         let url = format!("amqp://{}:{}@127.0.0.1:5672/%2f", self.name, self.password);
@@ -603,5 +659,56 @@ async fn partitioned_the_intake_removes_forged_headers_and_copies_without_user_i
         header_str(dead[0].delivery.properties.headers(), "x-original-user-id"),
         None,
         "a forged record is removed at the intake"
+    );
+}
+
+/// Publishes on a fresh channel of `user`; whether the broker accepted it.
+async fn may_publish(user: &BrokerUser, exchange: &str, routing_key: &str) -> bool {
+    let (conn, channel) = user.channel().await;
+    let sent = channel
+        .basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            lapin::options::BasicPublishOptions::default(),
+            b"{}",
+            BasicProperties::default().with_user_id(user.name.as_str().into()),
+        )
+        .await;
+    let accepted = match sent {
+        Ok(confirm) => matches!(confirm.await, Ok(c) if c.is_ack()),
+        Err(_) => false,
+    };
+    let _ = conn.close(200, "done".into()).await;
+    accepted
+}
+
+#[tokio::test]
+async fn the_example_hr_publisher_may_write_to_the_input_exchange_only() {
+    let world = World::start("hr-permissions").await;
+    let prefix = world
+        .names
+        .input_exchange
+        .strip_suffix("hr.events")
+        .expect("prefixed default name")
+        .to_owned();
+    let hr = BrokerUser::like_example("hr-example", "hr-publisher", &prefix);
+    assert!(may_publish(&hr, &world.names.input_exchange, "employee.removed").await);
+    let parking = world.parking();
+    for own in [
+        parking.retry_exchange.as_str(),
+        parking.delay_exchange.as_str(),
+        &world.names.replay_exchange(),
+        &world.names.dead_letter_exchange,
+        &world.names.results_exchange,
+        "",
+    ] {
+        assert!(
+            !may_publish(&hr, own, "employee.removed").await,
+            "the HR publisher must not reach {own:?}"
+        );
+    }
+    assert!(
+        !may_publish(&hr, &world.names.input_exchange, "admin.created").await,
+        "only the contract's routing keys"
     );
 }
