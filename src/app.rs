@@ -106,12 +106,19 @@ impl Application {
             metrics.clone(),
         )?;
         let groups = GroupDirectory::new(client.clone(), settings.group_cache_ttl);
-        let provisioner = Arc::new(Provisioner::new(
-            client,
-            groups,
-            SharedMapping::new(mapping),
-            settings.offboarding,
-        ));
+        let protected = crate::trust::ProtectedAccounts::new(
+            settings.trust.protected.clone(),
+            metrics.trust().clone(),
+        );
+        let provisioner = Arc::new(
+            Provisioner::new(
+                client,
+                groups,
+                SharedMapping::new(mapping),
+                settings.offboarding,
+            )
+            .with_protected(protected),
+        );
 
         let connection = connect_and_declare_partitioned(
             &settings.amqp_url,
@@ -147,6 +154,11 @@ impl Application {
             Arc::clone(&provisioner),
             health.clone(),
         ));
+        let trust = crate::trust::Trust::new(
+            &settings.topology,
+            settings.trust.clone(),
+            metrics.trust().clone(),
+        );
         Ok(Self {
             worker: Arc::new(Worker {
                 provisioner,
@@ -167,6 +179,7 @@ impl Application {
                     None => Lanes::new(&settings.topology.input_exchange),
                     Some(_) => Lanes::draining(&settings.topology.input_exchange),
                 },
+                trust,
             }),
             settings,
             health,
@@ -206,6 +219,7 @@ impl Application {
                 stop.clone(),
             ))
         });
+        let protected = self.spawn_protected_refresh(&health, &stop);
         let sessions = self.run_sessions(stop.clone());
         tokio::pin!(sessions);
         tokio::select! {
@@ -219,6 +233,7 @@ impl Application {
         }
         stop.cancel();
         let _ = prober.await;
+        let _ = protected.await;
         if let Some(reload) = reload {
             let _ = reload.await;
         }
@@ -226,6 +241,31 @@ impl Application {
             let _ = http.await;
         }
         tracing::info!("stopped");
+    }
+
+    /// Reads the protected groups now and then (`crate::trust::protected`); `/readyz`
+    /// says "not ready" until the first read succeeded, since no event runs before.
+    fn spawn_protected_refresh(
+        &self,
+        health: &Health,
+        stop: &CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let protected = self.worker.provisioner.protected().clone();
+        let okta = self.worker.provisioner.okta().clone();
+        let health = health.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            if protected.is_loaded() {
+                return;
+            }
+            health.set_protected_loading(true);
+            let refresh = tokio::spawn(protected.clone().run_refresh(okta, stop.clone()));
+            tokio::select! {
+                _ = protected.wait_loaded() => health.set_protected_loading(false),
+                _ = stop.cancelled() => {}
+            }
+            let _ = refresh.await;
+        })
     }
 
     async fn run_sessions(&mut self, stop: CancellationToken) {
@@ -518,6 +558,7 @@ impl Application {
             Intake {
                 names: names.clone(),
                 max_body_bytes: self.settings.max_message_bytes,
+                trust: self.worker.trust.clone(),
             },
             connection,
             &intake_stop,

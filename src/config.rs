@@ -248,6 +248,8 @@ pub struct Settings {
     pub removal_recheck: Duration,
     /// `LOG_PII`: whether log lines show employee ids and emails or their pseudonyms.
     pub log_pii: crate::pii::LogPii,
+    /// `TRUSTED_PUBLISHERS`, `ALLOWED_EMAIL_DOMAINS`, `PROTECTED_*` (see `crate::trust`).
+    pub trust: crate::trust::TrustSettings,
 }
 
 /// Partitioned mode: events spread over `partitions` single-active-consumer queues by
@@ -287,6 +289,7 @@ impl Settings {
         let BrokerSettings {
             amqp_url, topology, ..
         } = BrokerSettings::from_vars(vars.clone())?;
+        let trust = crate::trust::TrustSettings::from_vars(vars.clone())?;
         let raw: RawEnv = envy::from_iter(vars).map_err(|e| ConfigError::Env(e.to_string()))?;
 
         let okta = okta_target(&raw, okta_sim)?;
@@ -432,6 +435,7 @@ impl Settings {
             partitioning: partitioning(&raw)?,
             removal_recheck: removal_recheck(raw.removal_recheck_secs.as_deref())?,
             log_pii: log_pii(raw.log_pii.as_deref())?,
+            trust,
         })
     }
 }

@@ -23,6 +23,8 @@ struct HealthState {
     consuming: AtomicBool,
     okta_paused: AtomicBool,
     shutting_down: AtomicBool,
+    /// The protected groups have not been read yet (`crate::trust::protected`).
+    protected_loading: AtomicBool,
     /// Unix milliseconds of the consumer loop's last turn.
     last_tick_ms: AtomicU64,
 }
@@ -46,6 +48,9 @@ impl Health {
     }
     pub fn set_okta_paused(&self, value: bool) {
         self.inner.okta_paused.store(value, Ordering::Relaxed);
+    }
+    pub fn set_protected_loading(&self, value: bool) {
+        self.inner.protected_loading.store(value, Ordering::Relaxed);
     }
     pub fn set_shutting_down(&self) {
         self.inner.shutting_down.store(true, Ordering::Relaxed);
@@ -77,6 +82,9 @@ impl Health {
         }
         if self.inner.okta_paused.load(Ordering::Relaxed) {
             problems.push("consumer paused: Okta is failing");
+        }
+        if self.inner.protected_loading.load(Ordering::Relaxed) {
+            problems.push("protected groups not read from Okta yet: no event is processed");
         }
         problems
     }

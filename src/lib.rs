@@ -27,4 +27,5 @@ pub mod schedule;
 pub mod secret;
 pub mod sequencer;
 pub mod telemetry;
+pub mod trust;
 pub mod worker;

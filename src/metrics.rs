@@ -190,6 +190,7 @@ struct Families {
     okta_request_duration: HistogramFamily<OktaOperationLabels>,
     okta_rate_limited: Family<OktaOperationLabels, Counter>,
     publishes: Family<PublishLabels, Counter>,
+    trust: crate::trust::TrustMetrics,
 }
 
 /// The recording handles. Cheap to clone; every clone records into the same series.
@@ -231,6 +232,7 @@ impl Metrics {
             okta_request_duration: Family::new_with_constructor(okta_duration_histogram),
             okta_rate_limited: Family::default(),
             publishes: Family::default(),
+            trust: crate::trust::TrustMetrics::new(),
         };
         for event_type in EVENT_TYPE_LABELS {
             let labels = EventLabels { event_type };
@@ -268,6 +270,11 @@ impl Metrics {
         Self {
             families: Arc::new(families),
         }
+    }
+
+    /// The trust rules' series (forged own headers, refusals, protected-group reads).
+    pub fn trust(&self) -> &crate::trust::TrustMetrics {
+        &self.families.trust
     }
 
     /// A delivery arrived: counts it and holds it in the in-flight gauge until the
@@ -580,6 +587,7 @@ impl MetricsRegistry {
             "Outcome events and dead-letter copies published, by the broker's answer",
             f.publishes.clone(),
         );
+        f.trust.register(&mut registry);
         registry.register_collector(Box::new(ScrapedState {
             provisioner,
             health,

@@ -10,6 +10,8 @@ use crate::domain::outcome::{ErrorKind, Failure};
 use crate::domain::plan::{self, AccountStatus, Action, LifecycleStep, OffboardingMode};
 use crate::okta::groups::{GroupDirectory, GroupLookupError, ResolvedGroup};
 use crate::okta::{OktaClient, OktaError, OktaUser};
+use crate::trust::protected::Verdict;
+use crate::trust::{ProtectedAccounts, ProtectedSettings, TrustMetrics};
 use serde_json::{Map, Value};
 use std::sync::{Arc, RwLock};
 
@@ -102,6 +104,10 @@ pub enum ProvisionError {
         okta_employee_number: String,
         event_employee_id: String,
     },
+    #[error("account {account} is protected (PROTECTED_GROUPS / PROTECTED_LOGINS): no event may change, adopt or disable it")]
+    Protected { account: String },
+    #[error("the protected groups have not been read from Okta yet; will retry")]
+    ProtectedNotLoaded,
 }
 
 impl From<GroupLookupError> for ProvisionError {
@@ -127,6 +133,10 @@ impl ProvisionError {
                 Failure::new(ErrorKind::Transient, self.to_string())
             }
             ProvisionError::NotOwned { .. } => Failure::new(ErrorKind::Conflict, self.to_string()),
+            ProvisionError::Protected { .. } => Failure::new(ErrorKind::Conflict, self.to_string()),
+            ProvisionError::ProtectedNotLoaded => {
+                Failure::new(ErrorKind::Transient, self.to_string())
+            }
         }
     }
 }
@@ -137,6 +147,8 @@ pub struct Provisioner {
     groups: GroupDirectory,
     mapping: SharedMapping,
     offboarding: OffboardingMode,
+    /// Accounts no event may touch (`crate::trust::protected`).
+    protected: ProtectedAccounts,
 }
 
 impl Provisioner {
@@ -152,7 +164,50 @@ impl Provisioner {
             groups,
             mapping,
             offboarding,
+            protected: ProtectedAccounts::new(ProtectedSettings::default(), TrustMetrics::new()),
         }
+    }
+
+    /// The same provisioner, refusing events for `protected` accounts.
+    pub fn with_protected(self, protected: ProtectedAccounts) -> Self {
+        Self { protected, ..self }
+    }
+
+    /// The protected accounts, which must be loaded before events run.
+    pub fn protected(&self) -> &ProtectedAccounts {
+        &self.protected
+    }
+
+    /// Refuses (as `conflict`) an event for a protected account; `user` is the Okta
+    /// user found, if any; `login` the login the event names.
+    fn refuse_protected(
+        &self,
+        event: &HrEvent,
+        user: Option<&OktaUser>,
+    ) -> Result<(), ProvisionError> {
+        let named = event.email().map(|e| e.as_str());
+        let found_login = user.and_then(|u| u.profile.get("login").and_then(Value::as_str));
+        let user_id = user.map(|u| u.id.as_str());
+        for login in [named, found_login] {
+            match self
+                .protected
+                .verdict(event.event_id.as_str(), user_id, login)
+            {
+                Verdict::Allowed => {}
+                Verdict::NotLoaded => return Err(ProvisionError::ProtectedNotLoaded),
+                Verdict::Protected => {
+                    return Err(ProvisionError::Protected {
+                        account: format!(
+                            "{:?}",
+                            crate::domain::event::printable(
+                                login.or(user_id).unwrap_or("(unknown)")
+                            )
+                        ),
+                    })
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The Okta client, for health probes.
@@ -192,13 +247,15 @@ impl Provisioner {
         event: &HrEvent,
         facts: DeliveryFacts,
     ) -> Result<Report, ProvisionError> {
+        // A listed login is refused before any Okta call.
+        self.refuse_protected(event, None)?;
         match &event.body {
             EventBody::Added(record) if facts.purpose == Purpose::Activate => {
                 self.activate_scheduled(event, record).await
             }
             EventBody::Added(record) => self.hire(event, record, facts).await,
             EventBody::Updated(record) => self.update(event, record, facts).await,
-            EventBody::Removed { leaver, .. } => self.offboard(leaver).await,
+            EventBody::Removed { leaver, .. } => self.offboard(event, leaver).await,
         }
     }
 
@@ -256,6 +313,7 @@ impl Provisioner {
                     }
                 })?;
                 check_owned(&user, record.id.as_str())?;
+                self.refuse_protected(event, Some(&user))?;
                 report.okta_user_id = Some(user.id.clone());
                 if plan::is_stale_replay(
                     facts.replay_count,
@@ -313,6 +371,7 @@ impl Provisioner {
         if found_by == FoundBy::Login {
             check_owned(&user, record.id.as_str())?;
         }
+        self.refuse_protected(event, Some(&user))?;
         report.okta_user_id = Some(user.id.clone());
         if plan::is_stale_replay(
             facts.replay_count,
@@ -356,6 +415,7 @@ impl Provisioner {
         if found_by == FoundBy::Login {
             check_owned(&user, record.id.as_str())?;
         }
+        self.refuse_protected(event, Some(&user))?;
         report.okta_user_id = Some(user.id.clone());
         let status = user.account_status();
         let Some(step) =
@@ -412,7 +472,11 @@ impl Provisioner {
         }
     }
 
-    async fn offboard(&self, leaver: &LeaverRef) -> Result<Report, ProvisionError> {
+    async fn offboard(
+        &self,
+        event: &HrEvent,
+        leaver: &LeaverRef,
+    ) -> Result<Report, ProvisionError> {
         let mut report = Report::default();
         let Some((user, found_by)) = self.find_user(leaver).await? else {
             // Found by login, "nobody" is Okta's consistent answer; by the lagging
@@ -423,6 +487,7 @@ impl Provisioner {
         if let (FoundBy::Login, Some(id)) = (found_by, &leaver.id) {
             check_owned(&user, id.as_str())?;
         }
+        self.refuse_protected(event, Some(&user))?;
         report.okta_user_id = Some(user.id.clone());
         self.apply_offboarding(&user, &mut report).await?;
         Ok(report)

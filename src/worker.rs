@@ -21,6 +21,7 @@ use crate::outage::OktaCircuit;
 use crate::provisioner::{DeliveryFacts, ProvisionError, Provisioner, Purpose, Report};
 use crate::retry::RetryPolicy;
 use crate::sequencer::Turn;
+use crate::trust::Trust;
 use lapin::options::BasicAckOptions;
 use lapin::types::FieldTable;
 use lapin::Acker;
@@ -41,6 +42,8 @@ pub struct Worker {
     pub deferral: Deferral,
     /// What the work and leavers lanes know of each other's removals.
     pub lanes: Lanes,
+    /// Own headers only from own routes, trusted publishers, email domains.
+    pub trust: Trust,
 }
 
 /// What to do after a failed attempt.
@@ -152,6 +155,7 @@ impl Worker {
     }
 
     async fn process(&self, mut job: Job, publisher: &Publisher, hand_back: &CancellationToken) {
+        let refused_for = self.admit(&mut job);
         let event_type = printable(&job.message.routing_key);
         let (exchange, routing_key) = (&job.message.exchange, &job.message.routing_key);
         // A removal in both lanes counts as consumed in the lane that processes it.
@@ -175,12 +179,20 @@ impl Worker {
                 if twin_routed {
                     timer.count_consumed();
                 }
+                if let Some(reason) = refused_for {
+                    self.trust.count_refusal(reason);
+                }
                 self.reject_invalid(&job.message, error, context, publisher)
                     .await
             }
             Ok(ref event) => {
                 tokio::select! {
                     _ = job.turn.wait() => {}
+                    _ = hand_back.cancelled() => return,
+                }
+                // Fail safe: who is protected must be known before anything changes.
+                tokio::select! {
+                    _ = self.provisioner.protected().wait_loaded() => {}
                     _ = hand_back.cancelled() => return,
                 }
                 match self.lanes.admit(job.lane, exchange, routing_key, event) {
@@ -271,6 +283,31 @@ impl Worker {
             }
         }
         drop(job.turn);
+    }
+
+    /// The first contact with a delivery (`crate::trust`): the message as the service
+    /// keeps it (forged own headers removed, publisher recorded, no `user_id` or
+    /// `expiration` for any copy to inherit), and an event the trust rules refuse turned
+    /// into a `validation` failure; returns the refusal's metric reason.
+    fn admit(&self, job: &mut Job) -> Option<&'static str> {
+        self.trust.admit_message(&mut job.message);
+        let Ok(event) = &job.parsed else {
+            return None;
+        };
+        let (reason, error) = self.trust.refusal(&job.message, event)?;
+        tracing::warn!(
+            event_id = event.event_id.as_str(),
+            event_type = %event.event_type(),
+            reason = %error,
+            "event refused by the trust rules"
+        );
+        let context = ValidationContext {
+            event_id: Some(event.event_id.as_str().to_owned()),
+            employee_id: event.employee_id().map(|i| i.as_str().to_owned()),
+            email: event.email().map(|e| e.as_str().to_owned()),
+        };
+        job.parsed = Err((error, context));
+        Some(reason)
     }
 
     async fn reject_invalid(

@@ -149,6 +149,8 @@ fn assert_labels_are_bounded(exposition: &Exposition, per_employee: &[&str]) {
             "message" => ["outcome", "dead_letter"].contains(&value),
             "result" => ["confirmed", "nacked", "returned", "error"].contains(&value),
             "lane" => ["work", "leavers"].contains(&value),
+            "header" => iam_provisioner::trust::OWN_ROUTE_HEADERS.contains(&value),
+            "reason" => iam_provisioner::trust::REFUSAL_REASONS.contains(&value),
             "le" => value == "+Inf" || value.parse::<f64>().is_ok(),
             _ => false,
         };

@@ -20,6 +20,7 @@ use super::publisher::dead_letter_headers::ORIGINAL_EXCHANGE;
 use super::topology::{TopologyNames, PARTITION_KEY_HEADER};
 use crate::domain::event::printable;
 use crate::domain::partition::{hash_key, HashKey};
+use crate::trust::Trust;
 use futures_util::stream::FuturesOrdered;
 use futures_util::StreamExt;
 use lapin::options::{
@@ -59,6 +60,10 @@ pub struct Intake {
     pub names: TopologyNames,
     /// Bodies over this size are not parsed for a key (`MAX_MESSAGE_BYTES`).
     pub max_body_bytes: usize,
+    /// After the intake every delivery comes from the partitions exchange, an own route,
+    /// so the intake is where a message from outside loses forged own headers (and its
+    /// `user_id`, recorded, and `expiration`): `crate::trust`.
+    pub trust: Trust,
 }
 
 /// RabbitMQ's reply code when another connection owns an exclusive queue.
@@ -172,12 +177,13 @@ impl Intake {
                             if matches!(key, HashKey::Email(_)) { "email" } else { "event id" }
                         );
                     }
-                    let mut table = delivery.properties.headers().clone().unwrap_or_default();
+                    let admitted = self.trust.admit(delivery.exchange.as_str(), &delivery.properties);
+                    let mut table = admitted.headers().clone().unwrap_or_default();
                     headers::set_str(&mut table, PARTITION_KEY_HEADER, &key.header_value());
                     if headers::get_str(Some(&table), ORIGINAL_EXCHANGE).is_none() {
                         headers::set_str(&mut table, ORIGINAL_EXCHANGE, delivery.exchange.as_str());
                     }
-                    let properties = delivery.properties.clone().with_headers(table);
+                    let properties = admitted.with_headers(table);
                     let confirm = output
                         .basic_publish(
                             exchange.as_str().into(),

@@ -326,7 +326,11 @@ pub fn held_copy(
         headers::set_str(&mut table, ORIGINAL_EXCHANGE, &message.exchange);
     }
     if let Some(id) = employee_id {
-        headers::set_str(&mut table, EMPLOYEE_ID, id);
+        headers::set_str(
+            &mut table,
+            EMPLOYEE_ID,
+            &crate::domain::event::printable(id),
+        );
     }
     Outgoing {
         exchange: String::new(),

@@ -192,9 +192,17 @@ impl Publisher {
             headers::set_str(&mut headers_out, OKTA_REQUEST_ID, id);
         }
         if let Some(id) = employee_id {
-            headers::set_str(&mut headers_out, EMPLOYEE_ID, id);
+            // Taken from a body: bounded and printable, like every such header value.
+            headers::set_str(
+                &mut headers_out,
+                EMPLOYEE_ID,
+                &crate::domain::event::printable(id),
+            );
         }
-        let mut properties = message.properties.clone().with_headers(headers_out);
+        // No `user_id` (refused from this connection's user) and no `expiration` (a
+        // dead letter waits for an operator, not a publisher's TTL): `crate::trust`.
+        let mut properties =
+            crate::trust::clean_properties(&message.properties).with_headers(headers_out);
         // A failure waiting for an operator must survive a broker restart.
         if properties.delivery_mode() != &Some(2) {
             properties = properties.with_delivery_mode(2);

@@ -141,6 +141,8 @@ pub fn replay_copy(
     delivered_routing_key: &str,
     now: OffsetDateTime,
 ) -> (String, BasicProperties) {
+    let trusted = crate::trust::replay_properties(properties);
+    let properties = &trusted;
     let original = properties.headers().as_ref();
     let routing_key = original_routing_key(original, delivered_routing_key);
     let previous_replays = headers::get_u64(original, headers::REPLAY_COUNT).unwrap_or(0);
@@ -164,7 +166,12 @@ pub fn replay_copy(
     if let Some(exchange) = original_exchange {
         headers::set_str(&mut copy, dl::ORIGINAL_EXCHANGE, &exchange);
     }
-    (routing_key, properties.clone().with_headers(copy))
+    // No `user_id` (the broker would refuse it from the operator's connection) and no
+    // `expiration` (a replayed removal must not silently expire): `crate::trust`.
+    (
+        routing_key,
+        crate::trust::clean_properties(properties).with_headers(copy),
+    )
 }
 
 /// The most recent record of RabbitMQ's `x-death` header.
@@ -350,6 +357,25 @@ mod tests {
         assert_eq!(
             headers::get_u64(again.headers().as_ref(), headers::REPLAY_COUNT),
             Some(2)
+        );
+    }
+
+    #[test]
+    fn a_replayed_copy_carries_no_user_id_or_expiration_and_records_the_publisher() {
+        let now = datetime!(2026-12-01 10:00:00 UTC);
+        let original = service_dead_letter()
+            .with_user_id("hr-publisher".into())
+            .with_expiration("1000".into());
+        let (_, copy) = replay_copy(&original, "employee.added", now);
+        assert_eq!(
+            copy.user_id(),
+            &None,
+            "the operator's connection would be refused"
+        );
+        assert_eq!(copy.expiration(), &None, "a replayed event must not expire");
+        assert_eq!(
+            headers::get_str(copy.headers().as_ref(), crate::trust::ORIGINAL_USER_ID),
+            Some("hr-publisher")
         );
     }
 

@@ -53,6 +53,12 @@ impl ValidationError {
     fn new(message: impl Into<String>) -> Self {
         Self(message.into())
     }
+
+    /// A refusal decided outside parsing (an untrusted publisher, a foreign email
+    /// domain: see `crate::trust`); `message` must already be printable.
+    pub fn refused(message: impl Into<String>) -> Self {
+        Self::new(message)
+    }
 }
 
 /// The idempotency and correlation key of an event.
@@ -109,6 +115,11 @@ impl Email {
     pub fn parse(field: &str, value: &str) -> Result<Self, ValidationError> {
         let value = value.trim();
         reject_control_chars(field, value)?;
+        reject_invisible_chars(field, value)?;
+        // One spelling per address: a composed and a decomposed `é` are the same login to
+        // a person, so they must be the same login (and ordering key) here.
+        let normalised = icu_normalizer::ComposingNormalizerBorrowed::new_nfc().normalize(value);
+        let value = normalised.as_ref();
         let length = value.chars().count();
         if !(5..=100).contains(&length) {
             return Err(ValidationError::new(format!(
@@ -552,6 +563,27 @@ fn reject_control_chars(field: &str, value: &str) -> Result<(), ValidationError>
     Ok(())
 }
 
+/// Refuses zero-width and other invisible format characters (Unicode category `Cf`:
+/// U+200B…U+200D, U+2060, U+FEFF, soft hyphen, tag characters…) and variation selectors:
+/// an address containing one looks like another account's login to a person approving
+/// or auditing it, while Okta treats it as a different login.
+fn reject_invisible_chars(field: &str, value: &str) -> Result<(), ValidationError> {
+    use icu_properties::props::GeneralCategory;
+    use icu_properties::CodePointMapData;
+    let category = CodePointMapData::<GeneralCategory>::new();
+    let invisible = |c: char| {
+        category.get(c) == GeneralCategory::Format
+            || matches!(c, '\u{FE00}'..='\u{FE0F}' | '\u{E0100}'..='\u{E01EF}' | '\u{115F}' | '\u{1160}' | '\u{3164}' | '\u{FFA0}' | '\u{034F}')
+    };
+    if let Some(c) = value.chars().find(|&c| invisible(c)) {
+        return Err(ValidationError::new(format!(
+            "`{field}` contains an invisible character (U+{:04X})",
+            u32::from(c)
+        )));
+    }
+    Ok(())
+}
+
 /// Makes a value from the message safe to put in an error message, a log line or an
 /// AMQP short string: control characters (and quotes and backslashes) escaped, at most
 /// 120 characters of the input and 240 bytes of output.
@@ -758,6 +790,41 @@ mod tests {
         assert!(Email::parse("f", "two@@example.com").is_err());
         assert!(Email::parse("f", "sp ace@example.com").is_err());
         assert!(Email::parse("f", &format!("{}@example.com", "a".repeat(95))).is_err());
+    }
+
+    #[test]
+    fn emails_are_nfc_normalised() {
+        let decomposed = Email::parse("f", "rene\u{0301}@example.com").expect("valid");
+        let composed = Email::parse("f", "ren\u{00E9}@example.com").expect("valid");
+        assert_eq!(decomposed.as_str(), "ren\u{00E9}@example.com");
+        assert_eq!(decomposed, composed);
+        assert_eq!(decomposed.ordering_key(), composed.ordering_key());
+    }
+
+    #[test]
+    fn emails_with_invisible_characters_are_refused() {
+        for invisible in [
+            '\u{200B}',
+            '\u{200C}',
+            '\u{200D}',
+            '\u{2060}',
+            '\u{FEFF}',
+            '\u{00AD}',
+            '\u{E0041}',
+            '\u{FE0F}',
+            '\u{3164}',
+            '\u{034F}',
+        ] {
+            let value = format!("ad{invisible}min@example.com");
+            let error = Email::parse("employee.email", &value).expect_err("refused");
+            assert!(
+                error.to_string().contains("invisible character"),
+                "{invisible:?}: {error}"
+            );
+            assert!(error.to_string().contains("employee.email"));
+        }
+        // Letters of any script stay allowed.
+        assert!(Email::parse("f", "\u{0417}\u{043E}\u{044F}@example.com").is_ok());
         assert!(person_name("f", &"x".repeat(51)).is_err());
         assert!(person_name("f", "line\nbreak").is_err());
     }

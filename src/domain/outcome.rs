@@ -45,8 +45,8 @@ pub enum ErrorKind {
     Transient,
     /// Okta's rate limit; waits, never dead-letters by itself.
     RateLimited,
-    /// Refused to protect an account HR does not own (contract section 3, "Trust"):
-    /// dead-lettered at once, never retried.
+    /// The event would touch an account HR does not own or an admin protected
+    /// (contract section 3, "Trust"); dead-lettered at once, nothing changed.
     Conflict,
 }
 

@@ -386,6 +386,16 @@ impl OktaClient {
         self.list_all("listUserGroups", url).await
     }
 
+    /// `listGroupUsers`: every member of a group, all pages (the protected groups'
+    /// membership cache, `crate::trust::protected`).
+    ///
+    /// # Errors
+    /// Any [`OktaError`].
+    pub async fn list_group_users(&self, group_id: &str) -> Result<Vec<OktaUser>, OktaError> {
+        let url = self.url(&["api", "v1", "groups", group_id, "users"]);
+        self.list_all("listGroupUsers", url).await
+    }
+
     /// `assignUserToGroup` (idempotent in Okta).
     ///
     /// # Errors
