@@ -17,6 +17,7 @@
 //! token endpoint and scopes of OAuth 2.0 service apps, `admin` the `/__sim/` endpoints.
 
 mod admin;
+mod dpop;
 mod gate;
 mod oauth;
 #[cfg(test)]
@@ -62,6 +63,13 @@ pub struct SimConfig {
     pub oauth_clients: Vec<SimOAuthClient>,
     /// How long an issued access token lives (Okta: one hour); short in tests.
     pub access_token_lifetime: Duration,
+    /// The service apps require DPoP, as an API Services app made in the Admin Console
+    /// does by default; `false` is an app created through the API
+    /// (`dpop_bound_access_tokens: false`). A proof sent anyway still binds the token.
+    pub oauth_dpop_required: bool,
+    /// The API asks for its own DPoP nonce (401 `use_dpop_nonce`) in proofs that come
+    /// with DPoP-bound tokens.
+    pub oauth_dpop_api_nonce: bool,
 }
 
 impl Default for SimConfig {
@@ -75,6 +83,8 @@ impl Default for SimConfig {
             groups: Vec::new(),
             oauth_clients: Vec::new(),
             access_token_lifetime: Duration::from_secs(3600),
+            oauth_dpop_required: true,
+            oauth_dpop_api_nonce: true,
         }
     }
 }
@@ -277,6 +287,8 @@ impl OktaSim {
             ..Store::default()
         };
         store.oauth.lifetime = config.access_token_lifetime;
+        store.oauth.dpop.required = config.oauth_dpop_required;
+        store.oauth.dpop.api_nonce = config.oauth_dpop_api_nonce;
         for client in &config.oauth_clients {
             store
                 .oauth
@@ -339,6 +351,27 @@ impl OktaSim {
     /// `E0000011`), as if their hour had passed without the client noticing.
     pub fn expire_access_tokens(&self) {
         self.shared.store().oauth.expire_all();
+    }
+
+    /// Whether the service apps require DPoP from now on.
+    pub fn set_oauth_dpop_required(&self, required: bool) {
+        self.shared.store().oauth.dpop.required = required;
+    }
+
+    /// Moves the token endpoint and the API to new DPoP nonces; the previous ones stay
+    /// valid until the next rotation (Okta keeps an old nonce for days).
+    pub fn rotate_dpop_nonces(&self) {
+        self.shared.store().oauth.dpop.rotate_nonces();
+    }
+
+    /// The key thumbprint (`cnf.jkt`) an issued, unexpired access token is bound to;
+    /// `None` for a Bearer token.
+    pub fn access_token_binding(&self, token: &str) -> Option<String> {
+        self.shared
+            .store()
+            .oauth
+            .binding_of(token)
+            .map(str::to_owned)
     }
 
     /// Every access token issued so far, oldest first.
