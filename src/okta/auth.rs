@@ -462,6 +462,12 @@ impl TokenSource {
         }
     }
 
+    /// Drops the cached token whatever it is; true if there was one.
+    #[cfg(test)]
+    async fn forget_all(&self) -> bool {
+        self.cached.lock().await.token.take().is_some()
+    }
+
     async fn forget(&self, rejected: &HeaderValue) {
         let mut state = self.cached.lock().await;
         // Only the token Okta rejected: when several calls fail with the same token,
@@ -795,7 +801,12 @@ mod tests {
     }
 
     async fn sim_with_client(public_pem: String, lifetime: Duration) -> OktaSim {
+        sim_with_dpop(public_pem, lifetime, true).await
+    }
+
+    async fn sim_with_dpop(public_pem: String, lifetime: Duration, required: bool) -> OktaSim {
         OktaSim::start(SimConfig {
+            oauth_dpop_required: required,
             oauth_clients: vec![SimOAuthClient {
                 client_id: "0oaTEST".into(),
                 public_key_pem: public_pem,
@@ -867,7 +878,8 @@ mod tests {
     #[tokio::test]
     async fn a_replayed_assertion_is_refused_and_reported_as_a_permanent_okta_failure() {
         let (app, public_pem) = app(KeyKind::Rsa);
-        let sim = sim_with_client(public_pem, Duration::from_secs(3600)).await;
+        // An app without DPoP, so that the bare form posts below get tokens.
+        let sim = sim_with_dpop(public_pem, Duration::from_secs(3600), false).await;
         let token_url = Url::parse(&format!("{}/oauth2/v1/token", sim.base_url())).expect("url");
         let assertion = app
             .client_assertion(&token_url, unix_now(), "the-same-jti".into())
@@ -896,6 +908,8 @@ mod tests {
             app: app.clone(),
             scope: "okta.users.read".into(),
             cached: Mutex::new(TokenState::default()),
+            dpop_key: DpopKey::generate().expect("key"),
+            dpop: std::sync::Mutex::new(DpopState::default()),
         };
         let error = source
             .fetch_with_jti("the-same-jti".into())
@@ -930,6 +944,80 @@ mod tests {
         tokio::time::resume();
         let _ = auth.authorization().await.expect_err("still the wrong key");
         assert_eq!(sim.token_requests().len(), 2, "asked again after the hold");
+    }
+
+    fn source(sim: &OktaSim, app: ServiceApp) -> TokenSource {
+        let Kind::OAuth(source) = authorizer(sim, app).0 else {
+            unreachable!("a service app")
+        };
+        *source
+    }
+
+    #[tokio::test]
+    async fn an_app_that_requires_dpop_gets_a_token_bound_to_the_ephemeral_key() {
+        let (app, public_pem) = app(KeyKind::Rsa);
+        let sim = sim_with_client(public_pem, Duration::from_secs(3600)).await;
+        let source = source(&sim, app);
+        let (authorization, ath) = source.current_token().await.expect("token");
+        let errors: Vec<Option<String>> =
+            sim.token_requests().into_iter().map(|r| r.error).collect();
+        assert_eq!(
+            errors,
+            [
+                Some("invalid_dpop_proof".to_owned()),
+                Some("use_dpop_nonce".to_owned()),
+                None
+            ],
+            "learns DPoP, then the nonce, each once"
+        );
+        let token = sim.issued_access_tokens().pop().expect("issued");
+        assert_eq!(authorization.to_str().expect("ascii"), format!("DPoP {token}"));
+        assert_eq!(ath, Some(dpop::access_token_hash(&token)));
+        assert_eq!(
+            sim.access_token_binding(&token).as_deref(),
+            Some(source.dpop_key.thumbprint())
+        );
+        // The next token needs neither lesson again.
+        assert!(source.forget_all().await);
+        source.current_token().await.expect("token");
+        assert_eq!(sim.token_requests().len(), 4);
+        assert_eq!(sim.token_requests()[3].status, 200);
+    }
+
+    #[tokio::test]
+    async fn an_app_without_dpop_is_served_bearer_tokens_as_before() {
+        let (app, public_pem) = app(KeyKind::P256);
+        let sim = sim_with_dpop(public_pem, Duration::from_secs(3600), false).await;
+        let source = source(&sim, app);
+        let url = Url::parse(&format!("{}/api/v1/users", sim.base_url())).expect("url");
+        let credentials = source.credentials(&Method::GET, &url).await.expect("token");
+        assert!(credentials.proof.is_none());
+        let token = sim.issued_access_tokens().pop().expect("issued");
+        assert_eq!(
+            credentials.authorization.to_str().expect("ascii"),
+            format!("Bearer {token}")
+        );
+        assert_eq!(sim.token_requests().len(), 1, "no proof, no extra request");
+    }
+
+    #[tokio::test]
+    async fn a_stale_nonce_is_replaced_by_the_one_okta_sends() {
+        let (app, public_pem) = app(KeyKind::Rsa);
+        let sim = sim_with_client(public_pem, Duration::from_secs(3600)).await;
+        let source = source(&sim, app);
+        source.current_token().await.expect("token");
+        // Two rotations: the nonce the client holds is no longer accepted.
+        sim.rotate_dpop_nonces();
+        sim.rotate_dpop_nonces();
+        assert!(source.forget_all().await);
+        source.current_token().await.expect("renewed with the new nonce");
+        let errors: Vec<Option<String>> = sim
+            .token_requests()
+            .into_iter()
+            .skip(3)
+            .map(|r| r.error)
+            .collect();
+        assert_eq!(errors, [Some("use_dpop_nonce".to_owned()), None]);
     }
 
     #[tokio::test]

@@ -18,6 +18,8 @@
 
 mod admin;
 mod dpop;
+#[cfg(test)]
+mod dpop_tests;
 mod gate;
 mod oauth;
 #[cfg(test)]
