@@ -64,16 +64,25 @@ async fn hire_and_remove(world: &mut World, label: &str, employee: &str, email: 
     assert_eq!(outcome["status"], "succeeded", "{outcome}");
     assert_eq!(outcome["attempt"], 1, "{outcome}");
     let user = world.sim.user(email).expect("created");
-    assert_eq!(world.sim.user_group_names(&user.id), vec!["Sales-App-Access"]);
+    assert_eq!(
+        world.sim.user_group_names(&user.id),
+        vec!["Sales-App-Access"]
+    );
 
     let left = event_id(&format!("{label}-leave"));
     world
-        .publish("employee.removed", &leaver(&left, Some(employee), Some(email)))
+        .publish(
+            "employee.removed",
+            &leaver(&left, Some(employee), Some(email)),
+        )
         .await;
     let outcome = world.final_outcome(&left).await;
     assert_eq!(outcome["status"], "succeeded", "{outcome}");
     assert_eq!(outcome["attempt"], 1, "{outcome}");
-    assert_eq!(world.sim.user(email).expect("kept").status.as_str(), "DEPROVISIONED");
+    assert_eq!(
+        world.sim.user(email).expect("kept").status.as_str(),
+        "DEPROVISIONED"
+    );
 }
 
 #[tokio::test]
@@ -109,9 +118,17 @@ async fn an_app_without_dpop_is_served_bearer_tokens_as_before() {
     let keys = test_key_pair(KeyKind::P256).expect("key pair");
     let mut world = World::start_with("dpop-off", options(&keys, false)).await;
     hire_and_remove(&mut world, "dpop-off", "E-DP2", "dpop2@example.com").await;
-    assert_eq!(token_errors(&world), [None], "one token request, no proof needed");
+    assert_eq!(
+        token_errors(&world),
+        [None],
+        "one token request, no proof needed"
+    );
     let token = world.sim.issued_access_tokens().pop().expect("a token");
-    assert_eq!(world.sim.access_token_binding(&token), None, "a Bearer token");
+    assert_eq!(
+        world.sim.access_token_binding(&token),
+        None,
+        "a Bearer token"
+    );
     assert!(refused(&world.sim.request_log()).is_empty());
 }
 

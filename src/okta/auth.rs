@@ -384,7 +384,9 @@ struct OAuthErrorBody {
 impl TokenSource {
     #[cfg(test)]
     async fn authorization(&self) -> Result<HeaderValue, OktaError> {
-        self.current_token().await.map(|(authorization, _)| authorization)
+        self.current_token()
+            .await
+            .map(|(authorization, _)| authorization)
     }
 
     async fn credentials(&self, method: &Method, url: &Url) -> Result<Credentials, OktaError> {
@@ -971,7 +973,10 @@ mod tests {
             "learns DPoP, then the nonce, each once"
         );
         let token = sim.issued_access_tokens().pop().expect("issued");
-        assert_eq!(authorization.to_str().expect("ascii"), format!("DPoP {token}"));
+        assert_eq!(
+            authorization.to_str().expect("ascii"),
+            format!("DPoP {token}")
+        );
         assert_eq!(ath, Some(dpop::access_token_hash(&token)));
         assert_eq!(
             sim.access_token_binding(&token).as_deref(),
@@ -1010,7 +1015,10 @@ mod tests {
         sim.rotate_dpop_nonces();
         sim.rotate_dpop_nonces();
         assert!(source.forget_all().await);
-        source.current_token().await.expect("renewed with the new nonce");
+        source
+            .current_token()
+            .await
+            .expect("renewed with the new nonce");
         let errors: Vec<Option<String>> = sim
             .token_requests()
             .into_iter()

@@ -29,14 +29,16 @@ pub(crate) const DPOP: &str = "dpop";
 /// Why a DPoP key or proof could not be made. Never carries key material.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DpopError {
-    #[error("cannot generate the DPoP key (the system's random generator or the crypto library failed)")]
+    #[error(
+        "cannot generate the DPoP key (the system's random generator or the crypto library failed)"
+    )]
     KeyGeneration,
     #[error("cannot sign a DPoP proof")]
     Signing,
 }
 
 /// The ephemeral ES256 key that DPoP-bound access tokens are bound to.
-pub(crate) struct DpopKey {
+pub struct DpopKey {
     pair: EcdsaKeyPair,
     rng: SystemRandom,
     /// The proof's protected header, base64url: it is the same for every proof.
@@ -71,7 +73,7 @@ impl DpopKey {
     ///
     /// # Errors
     /// [`DpopError::KeyGeneration`] when the crypto library cannot.
-    pub(crate) fn generate() -> Result<Self, DpopError> {
+    pub fn generate() -> Result<Self, DpopError> {
         let rng = SystemRandom::new();
         let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
             .map_err(|_| DpopError::KeyGeneration)?;
@@ -98,7 +100,7 @@ impl DpopKey {
     }
 
     /// The key's RFC 7638 thumbprint (what a bound token's `cnf.jkt` names).
-    pub(crate) fn thumbprint(&self) -> &str {
+    pub fn thumbprint(&self) -> &str {
         &self.thumbprint
     }
 
@@ -108,7 +110,7 @@ impl DpopKey {
     ///
     /// # Errors
     /// [`DpopError::Signing`] when the crypto library refuses (practically never).
-    pub(crate) fn proof(
+    pub fn proof(
         &self,
         method: &Method,
         url: &Url,
@@ -150,14 +152,14 @@ fn sha256(bytes: &[u8]) -> Vec<u8> {
 }
 
 /// `ath`: base64url(SHA-256(access token)), binding a proof to the token sent with it.
-pub(crate) fn access_token_hash(access_token: &str) -> String {
+pub fn access_token_hash(access_token: &str) -> String {
     URL_SAFE_NO_PAD.encode(sha256(access_token.as_bytes()))
 }
 
 /// The proof's `htu`: the request URL without query and fragment (RFC 9449 §4.2), with
 /// the path percent-decoded, because Okta decodes the request path before comparing
 /// (okta-sdk-python #541, okta-sdk-java #1526: `%40` in `htu` is refused).
-pub(crate) fn htu(url: &Url) -> String {
+pub fn htu(url: &Url) -> String {
     let path = percent_encoding::percent_decode_str(url.path()).decode_utf8_lossy();
     let mut htu = format!("{}://{}", url.scheme(), url.host_str().unwrap_or_default());
     if let Some(port) = url.port() {
@@ -207,15 +209,17 @@ pub(crate) fn problem(headers: &HeaderMap) -> Option<String> {
 /// Every `error="…"` value in a `WWW-Authenticate` value, which may hold a `Bearer` and a
 /// `DPoP` challenge at once (RFC 9449 §7.2).
 fn challenge_errors(value: &str) -> impl Iterator<Item = &str> {
-    value.match_indices("error=\"").filter_map(move |(at, needle)| {
-        let preceded_ok = value[..at]
-            .chars()
-            .next_back()
-            .is_none_or(|c| c == ',' || c.is_whitespace());
-        let start = at + needle.len();
-        let end = value[start..].find('"')? + start;
-        preceded_ok.then(|| &value[start..end])
-    })
+    value
+        .match_indices("error=\"")
+        .filter_map(move |(at, needle)| {
+            let preceded_ok = value[..at]
+                .chars()
+                .next_back()
+                .is_none_or(|c| c == ',' || c.is_whitespace());
+            let start = at + needle.len();
+            let end = value[start..].find('"')? + start;
+            preceded_ok.then(|| &value[start..end])
+        })
 }
 
 #[cfg(test)]
@@ -239,8 +243,8 @@ mod tests {
     #[test]
     fn a_proof_carries_what_rfc_9449_requires() {
         let key = DpopKey::generate().expect("key");
-        let url = Url::parse("https://acme.okta.com/api/v1/users/a%20b@x.com?search=x#f")
-            .expect("url");
+        let url =
+            Url::parse("https://acme.okta.com/api/v1/users/a%20b@x.com?search=x#f").expect("url");
         let ath = access_token_hash("oat-token");
         let proof = key
             .proof(&Method::POST, &url, Some(&ath), Some("n-1"), 1_800_000_000)
@@ -255,13 +259,21 @@ mod tests {
             key.thumbprint()
         );
         assert_eq!(claims["htm"], "POST");
-        assert_eq!(claims["htu"], "https://acme.okta.com/api/v1/users/a b@x.com");
+        assert_eq!(
+            claims["htu"],
+            "https://acme.okta.com/api/v1/users/a b@x.com"
+        );
         assert_eq!(claims["iat"], 1_800_000_000u64);
         assert_eq!(claims["ath"], ath);
         assert_eq!(claims["nonce"], "n-1");
         assert!(claims["jti"].as_str().is_some_and(|j| j.len() >= 16));
         // No private member in the header's key.
-        let raw_header = proof.to_str().expect("ascii").split('.').next().expect("header");
+        let raw_header = proof
+            .to_str()
+            .expect("ascii")
+            .split('.')
+            .next()
+            .expect("header");
         let raw: serde_json::Value =
             serde_json::from_slice(&URL_SAFE_NO_PAD.decode(raw_header).expect("b64"))
                 .expect("json");
@@ -275,7 +287,9 @@ mod tests {
         let url = Url::parse("http://127.0.0.1:8080/oauth2/v1/token").expect("url");
         let mut jtis = std::collections::HashSet::new();
         for _ in 0..200 {
-            let proof = key.proof(&Method::POST, &url, None, None, 1).expect("proof");
+            let proof = key
+                .proof(&Method::POST, &url, None, None, 1)
+                .expect("proof");
             let (_, claims) = decode(&proof);
             assert!(claims.get("ath").is_none() && claims.get("nonce").is_none());
             assert_eq!(claims["htu"], "http://127.0.0.1:8080/oauth2/v1/token");
@@ -304,7 +318,11 @@ mod tests {
     fn a_nonce_challenge_needs_the_error_and_the_nonce() {
         let mut headers = HeaderMap::new();
         headers.insert(DPOP_NONCE, HeaderValue::from_static("n-2"));
-        assert_eq!(nonce_challenge(&headers), None, "a nonce alone is no challenge");
+        assert_eq!(
+            nonce_challenge(&headers),
+            None,
+            "a nonce alone is no challenge"
+        );
         headers.insert(
             WWW_AUTHENTICATE,
             HeaderValue::from_static(
@@ -321,7 +339,13 @@ mod tests {
             ),
         );
         let problem = problem(&headers).expect("a DPoP problem");
-        assert!(problem.starts_with("DPoP invalid_dpop_proof: "), "{problem}");
-        assert!(problem.contains("htu") && problem.contains("is invalid."), "{problem}");
+        assert!(
+            problem.starts_with("DPoP invalid_dpop_proof: "),
+            "{problem}"
+        );
+        assert!(
+            problem.contains("htu") && problem.contains("is invalid."),
+            "{problem}"
+        );
     }
 }

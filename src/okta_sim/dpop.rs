@@ -177,11 +177,17 @@ pub(super) fn check(
     let parse_failure = || invalid("DPoP proof JWT cannot be parsed.");
     let header = jsonwebtoken::decode_header(proof).map_err(|_| parse_failure())?;
     if header.typ.as_deref() != Some("dpop+jwt") {
-        return Err(invalid("The DPoP proof JWT 'typ' header must be 'dpop+jwt'."));
+        return Err(invalid(
+            "The DPoP proof JWT 'typ' header must be 'dpop+jwt'.",
+        ));
     }
     if !matches!(
         header.alg,
-        Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 | Algorithm::ES256 | Algorithm::ES384
+        Algorithm::RS256
+            | Algorithm::RS384
+            | Algorithm::RS512
+            | Algorithm::ES256
+            | Algorithm::ES384
     ) {
         return Err(invalid("The DPoP proof JWT 'alg' is not supported."));
     }
@@ -189,13 +195,17 @@ pub(super) fn check(
         return Err(invalid("The DPoP proof JWT 'jwk' header is missing."));
     };
     if jwk_has_private_members(proof) {
-        return Err(invalid("The DPoP proof JWT 'jwk' header must not contain a private key."));
+        return Err(invalid(
+            "The DPoP proof JWT 'jwk' header must not contain a private key.",
+        ));
     }
     if !matches!(
         jwk.algorithm,
         AlgorithmParameters::RSA(_) | AlgorithmParameters::EllipticCurve(_)
     ) {
-        return Err(invalid("The DPoP proof JWT 'jwk' header is not an RSA or EC public key."));
+        return Err(invalid(
+            "The DPoP proof JWT 'jwk' header is not an RSA or EC public key.",
+        ));
     }
     let key = DecodingKey::from_jwk(jwk).map_err(|_| parse_failure())?;
     let mut validation = Validation::new(header.alg);
@@ -291,14 +301,24 @@ mod tests {
     const NOW: u64 = 1_800_000_000;
 
     fn proof(key: &DpopKey, url: &str, ath: Option<&str>, nonce: Option<&str>, iat: u64) -> String {
-        key.proof(&Method::GET, &Url::parse(url).expect("url"), ath, nonce, iat)
-            .expect("proof")
-            .to_str()
-            .expect("ascii")
-            .to_owned()
+        key.proof(
+            &Method::GET,
+            &Url::parse(url).expect("url"),
+            ath,
+            nonce,
+            iat,
+        )
+        .expect("proof")
+        .to_str()
+        .expect("ascii")
+        .to_owned()
     }
 
-    fn expected<'a>(htu: &'a str, ath: Option<&'a str>, nonces: Option<&'a Nonces>) -> Expected<'a> {
+    fn expected<'a>(
+        htu: &'a str,
+        ath: Option<&'a str>,
+        nonces: Option<&'a Nonces>,
+    ) -> Expected<'a> {
         Expected {
             method: "GET",
             htu,
@@ -313,9 +333,15 @@ mod tests {
         let mut state = DpopState::default();
         let ath = client_ath("oat1");
         let htu = expected_htu("o.test", "/api/v1/users/a%40b.com");
-        let sent = proof(&key, "http://o.test/api/v1/users/a%40b.com?x=1", Some(&ath), None, NOW);
-        let jkt = check(&mut state, &[&sent], &expected(&htu, Some(&ath), None), NOW)
-            .expect("accepted");
+        let sent = proof(
+            &key,
+            "http://o.test/api/v1/users/a%40b.com?x=1",
+            Some(&ath),
+            None,
+            NOW,
+        );
+        let jkt =
+            check(&mut state, &[&sent], &expected(&htu, Some(&ath), None), NOW).expect("accepted");
         assert_eq!(jkt, key.thumbprint());
         assert_eq!(access_token_hash("oat1"), ath);
         assert_eq!(
@@ -375,7 +401,12 @@ mod tests {
             ProofError::Invalid(_)
         ));
         assert_eq!(
-            check(&mut state, &[&good, &good], &expected(htu, Some(&ath), None), NOW),
+            check(
+                &mut state,
+                &[&good, &good],
+                &expected(htu, Some(&ath), None),
+                NOW
+            ),
             Err(invalid("Multiple DPoP proof JWT headers are not allowed."))
         );
         // A plain JWT (no typ dpop+jwt) is not a proof.
@@ -399,19 +430,35 @@ mod tests {
         let htu = "http://o.test/api/v1/users";
         let without = proof(&key, htu, None, None, NOW);
         assert_eq!(
-            check(&mut state, &[&without], &expected(htu, None, Some(&nonces)), NOW),
+            check(
+                &mut state,
+                &[&without],
+                &expected(htu, None, Some(&nonces)),
+                NOW
+            ),
             Err(ProofError::UseNonce)
         );
         let first = nonces.current().to_owned();
         state.rotate_nonces();
         let nonces = state.api_nonces.clone();
         let with_previous = proof(&key, htu, None, Some(&first), NOW);
-        assert!(check(&mut state, &[&with_previous], &expected(htu, None, Some(&nonces)), NOW).is_ok());
+        assert!(check(
+            &mut state,
+            &[&with_previous],
+            &expected(htu, None, Some(&nonces)),
+            NOW
+        )
+        .is_ok());
         state.rotate_nonces();
         let nonces = state.api_nonces.clone();
         let stale = proof(&key, htu, None, Some(&first), NOW);
         assert_eq!(
-            check(&mut state, &[&stale], &expected(htu, None, Some(&nonces)), NOW),
+            check(
+                &mut state,
+                &[&stale],
+                &expected(htu, None, Some(&nonces)),
+                NOW
+            ),
             Err(ProofError::UseNonce)
         );
     }

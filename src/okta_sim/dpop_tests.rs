@@ -52,9 +52,21 @@ impl Harness {
         Url::parse(&format!("{}{path}", self.sim.base_url())).expect("url")
     }
 
-    fn proof(&self, method: &Method, path: &str, ath: Option<&str>, nonce: Option<&str>) -> HeaderValue {
+    fn proof(
+        &self,
+        method: &Method,
+        path: &str,
+        ath: Option<&str>,
+        nonce: Option<&str>,
+    ) -> HeaderValue {
         self.key
-            .proof(method, &self.url(path), ath, nonce, jsonwebtoken::get_current_timestamp())
+            .proof(
+                method,
+                &self.url(path),
+                ath,
+                nonce,
+                jsonwebtoken::get_current_timestamp(),
+            )
             .expect("proof")
     }
 
@@ -62,7 +74,11 @@ impl Harness {
         let token_url = self.url("/oauth2/v1/token");
         let assertion = self
             .app
-            .client_assertion(&token_url, jsonwebtoken::get_current_timestamp(), crate::okta::auth::new_jti())
+            .client_assertion(
+                &token_url,
+                jsonwebtoken::get_current_timestamp(),
+                crate::okta::auth::new_jti(),
+            )
             .expect("assertion");
         let form = url::form_urlencoded::Serializer::new(String::new())
             .append_pair("grant_type", "client_credentials")
@@ -87,14 +103,27 @@ impl Harness {
     /// A DPoP-bound token, through the nonce dance.
     async fn bound_token(&self) -> String {
         let first = self
-            .token_request(Some(self.proof(&Method::POST, "/oauth2/v1/token", None, None)))
+            .token_request(Some(self.proof(
+                &Method::POST,
+                "/oauth2/v1/token",
+                None,
+                None,
+            )))
             .await;
         assert_eq!(first.status(), 400);
-        let nonce = first.headers()["dpop-nonce"].to_str().expect("nonce").to_owned();
+        let nonce = first.headers()["dpop-nonce"]
+            .to_str()
+            .expect("nonce")
+            .to_owned();
         let body: Value = first.json().await.expect("json");
         assert_eq!(body["error"], "use_dpop_nonce");
         let second = self
-            .token_request(Some(self.proof(&Method::POST, "/oauth2/v1/token", None, Some(&nonce))))
+            .token_request(Some(self.proof(
+                &Method::POST,
+                "/oauth2/v1/token",
+                None,
+                Some(&nonce),
+            )))
             .await;
         assert_eq!(second.status(), 200);
         let body: Value = second.json().await.expect("json");
@@ -130,7 +159,10 @@ async fn a_token_request_without_a_proof_is_refused_as_okta_does() {
     assert_eq!(response.status(), 400);
     let body: Value = response.json().await.expect("json");
     assert_eq!(body["error"], "invalid_dpop_proof");
-    assert_eq!(body["error_description"], "The DPoP proof JWT header is missing.");
+    assert_eq!(
+        body["error_description"],
+        "The DPoP proof JWT header is missing."
+    );
 }
 
 #[tokio::test]
@@ -152,7 +184,10 @@ async fn without_dpop_required_a_bare_request_gets_a_bearer_token() {
     assert_eq!(body["token_type"], "Bearer");
     let token = body["access_token"].as_str().expect("token");
     assert_eq!(h.sim.access_token_binding(token), None);
-    assert_eq!(h.get_users(&format!("Bearer {token}"), None).await.status(), 200);
+    assert_eq!(
+        h.get_users(&format!("Bearer {token}"), None).await.status(),
+        200
+    );
 }
 
 #[tokio::test]
@@ -164,37 +199,73 @@ async fn a_bound_token_needs_a_fresh_matching_proof_at_the_api() {
 
     let bearer = h.get_users(&format!("Bearer {token}"), None).await;
     assert_eq!(bearer.status(), 401, "a bound token is no Bearer token");
-    assert!(challenge(&bearer).contains("invalid_token"), "{}", challenge(&bearer));
+    assert!(
+        challenge(&bearer).contains("invalid_token"),
+        "{}",
+        challenge(&bearer)
+    );
 
     let missing = h.get_users(&scheme, None).await;
     assert_eq!(missing.status(), 400);
-    assert!(challenge(&missing).contains("header is missing"), "{}", challenge(&missing));
+    assert!(
+        challenge(&missing).contains("header is missing"),
+        "{}",
+        challenge(&missing)
+    );
 
     // The API asks for its own nonce, then accepts the proof that has it.
     let no_nonce = h
-        .get_users(&scheme, Some(h.proof(&Method::GET, "/api/v1/users", Some(&ath), None)))
+        .get_users(
+            &scheme,
+            Some(h.proof(&Method::GET, "/api/v1/users", Some(&ath), None)),
+        )
         .await;
     assert_eq!(no_nonce.status(), 401);
-    assert!(challenge(&no_nonce).contains("use_dpop_nonce"), "{}", challenge(&no_nonce));
-    let nonce = no_nonce.headers()["dpop-nonce"].to_str().expect("nonce").to_owned();
+    assert!(
+        challenge(&no_nonce).contains("use_dpop_nonce"),
+        "{}",
+        challenge(&no_nonce)
+    );
+    let nonce = no_nonce.headers()["dpop-nonce"]
+        .to_str()
+        .expect("nonce")
+        .to_owned();
     let good = h.proof(&Method::GET, "/api/v1/users", Some(&ath), Some(&nonce));
     assert_eq!(h.get_users(&scheme, Some(good.clone())).await.status(), 200);
 
     let replayed = h.get_users(&scheme, Some(good)).await;
     assert_eq!(replayed.status(), 400);
-    assert!(challenge(&replayed).contains("'jti'"), "{}", challenge(&replayed));
+    assert!(
+        challenge(&replayed).contains("'jti'"),
+        "{}",
+        challenge(&replayed)
+    );
 
     let without_ath = h
-        .get_users(&scheme, Some(h.proof(&Method::GET, "/api/v1/users", None, Some(&nonce))))
+        .get_users(
+            &scheme,
+            Some(h.proof(&Method::GET, "/api/v1/users", None, Some(&nonce))),
+        )
         .await;
     assert_eq!(without_ath.status(), 400);
-    assert!(challenge(&without_ath).contains("'ath'"), "{}", challenge(&without_ath));
+    assert!(
+        challenge(&without_ath).contains("'ath'"),
+        "{}",
+        challenge(&without_ath)
+    );
 
     let wrong_method = h
-        .get_users(&scheme, Some(h.proof(&Method::POST, "/api/v1/users", Some(&ath), Some(&nonce))))
+        .get_users(
+            &scheme,
+            Some(h.proof(&Method::POST, "/api/v1/users", Some(&ath), Some(&nonce))),
+        )
         .await;
     assert_eq!(wrong_method.status(), 400);
-    assert!(challenge(&wrong_method).contains("'htm'"), "{}", challenge(&wrong_method));
+    assert!(
+        challenge(&wrong_method).contains("'htm'"),
+        "{}",
+        challenge(&wrong_method)
+    );
 
     let other_key = DpopKey::generate().expect("key");
     let foreign = other_key
@@ -207,6 +278,13 @@ async fn a_bound_token_needs_a_fresh_matching_proof_at_the_api() {
         )
         .expect("proof");
     let stolen = h.get_users(&scheme, Some(foreign)).await;
-    assert_eq!(stolen.status(), 400, "a proof by another key does not open the token");
-    assert!(stolen.text().await.expect("body").is_empty(), "Okta's 400 has no body");
+    assert_eq!(
+        stolen.status(),
+        400,
+        "a proof by another key does not open the token"
+    );
+    assert!(
+        stolen.text().await.expect("body").is_empty(),
+        "Okta's 400 has no body"
+    );
 }

@@ -409,8 +409,7 @@ fn issue(
                     status: StatusCode::BAD_REQUEST,
                     error: refusal.error(),
                     description: refusal.description(true),
-                    nonce: (refusal == ProofError::UseNonce)
-                        .then(|| nonces.current().to_owned()),
+                    nonce: (refusal == ProofError::UseNonce).then(|| nonces.current().to_owned()),
                 })
             }
         }
