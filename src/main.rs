@@ -149,6 +149,10 @@ struct SimArgs {
     /// Lifetime of the access tokens the fake issues, in seconds.
     #[arg(long, default_value_t = 3600)]
     access_token_lifetime_secs: u64,
+    /// The service apps do not require DPoP (an app created through the API); by
+    /// default they do, as one made in the Admin Console does.
+    #[arg(long)]
+    oauth_without_dpop: bool,
 }
 
 fn main() -> ExitCode {
@@ -442,6 +446,7 @@ async fn run_sim(args: SimArgs) -> anyhow::Result<()> {
         );
     }
     config.access_token_lifetime = Duration::from_secs(args.access_token_lifetime_secs);
+    config.oauth_dpop_required = !args.oauth_without_dpop;
     for client in &args.oauth_clients {
         let Some((client_id, key_file)) = client.split_once('=') else {
             anyhow::bail!("--oauth-client: expected CLIENT_ID=PUBLIC_KEY_FILE, got {client:?}");

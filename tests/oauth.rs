@@ -40,6 +40,9 @@ fn oauth_options(
                 public_key_pem: registered.public_pem.clone(),
                 scopes: granted.iter().map(|s| s.to_string()).collect(),
             }],
+            // An app created through the API, without DPoP: served exactly as before
+            // DPoP existed. tests/dpop.rs has the Admin Console's default.
+            oauth_dpop_required: false,
             ..SimConfig::default()
         },
         ..Options::default()

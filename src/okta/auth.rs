@@ -8,14 +8,21 @@
 //! it expires, and lets only one caller fetch a new one at a time. The private key, the
 //! assertion and the access token live in [`Secret`]s or sensitive header values: none
 //! of them can reach a log line, an error or an outcome.
+//!
+//! When the app requires DPoP (the Admin Console's default), Okta says so at the first
+//! token request; from then on every token request carries a proof, Okta's `DPoP-Nonce`
+//! is sent back when asked for, the token comes back `token_type: DPoP`, and every API
+//! request gets `Authorization: DPoP …` plus a fresh proof ([`super::dpop`]). An app
+//! that does not require DPoP is served exactly as before: nothing needs setting.
 
 use super::client::{rate_limit_wait, OktaSetupError};
+use super::dpop::{self, DpopKey};
 use super::error::{OktaError, TokenError};
 use crate::domain::event::printable;
 use crate::secret::Secret;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, CONTENT_TYPE, WWW_AUTHENTICATE};
-use reqwest::Url;
+use reqwest::{Method, Url};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -184,7 +191,7 @@ impl ServiceApp {
 }
 
 /// A fresh, unpredictable `jti`: 128 random bits, hex.
-fn new_jti() -> String {
+pub(crate) fn new_jti() -> String {
     let mut bytes = [0u8; 16];
     if aws_lc_rs::rand::fill(&mut bytes).is_err() {
         // The system generator failing is near impossible; uniqueness is what Okta
@@ -210,6 +217,14 @@ enum Kind {
     OAuth(Box<TokenSource>),
 }
 
+/// What one API request carries to prove who sends it.
+pub(crate) struct Credentials {
+    /// `Authorization`, marked sensitive.
+    pub(crate) authorization: HeaderValue,
+    /// The `DPoP` proof, when the access token is DPoP-bound.
+    pub(crate) proof: Option<HeaderValue>,
+}
+
 impl Authorizer {
     /// Builds the authorizer for an org at `base`; a service app's token requests go
     /// through `http`.
@@ -226,6 +241,7 @@ impl Authorizer {
                 Ok(Self(Kind::Fixed(value)))
             }
             OktaAuth::ServiceApp(app) => {
+                let dpop_key = DpopKey::generate().map_err(OktaSetupError::Dpop)?;
                 let mut token_url = base.clone();
                 if let Ok(mut path) = token_url.path_segments_mut() {
                     path.pop_if_empty().extend(["oauth2", "v1", "token"]);
@@ -236,8 +252,39 @@ impl Authorizer {
                     scope: app.scopes.join(" "),
                     app: app.clone(),
                     cached: Mutex::new(TokenState::default()),
+                    dpop_key,
+                    dpop: std::sync::Mutex::new(DpopState::default()),
                 }))))
             }
+        }
+    }
+
+    /// What to send with one API request to `url` by `method`: the `Authorization`
+    /// value and, for a DPoP-bound token, a fresh proof for this very request.
+    ///
+    /// # Errors
+    /// When a service app cannot get an access token, or a proof cannot be signed.
+    pub(crate) async fn credentials(
+        &self,
+        method: &Method,
+        url: &Url,
+    ) -> Result<Credentials, OktaError> {
+        match &self.0 {
+            Kind::Fixed(value) => Ok(Credentials {
+                authorization: value.clone(),
+                proof: None,
+            }),
+            Kind::OAuth(source) => source.credentials(method, url).await,
+        }
+    }
+
+    /// Reads the DPoP parts of an API answer: remembers a `DPoP-Nonce` Okta sent, and
+    /// says whether the answer asks for the request again with that nonce
+    /// (`use_dpop_nonce`). Always false for an API token or a Bearer token.
+    pub(crate) fn observe_answer(&self, headers: &HeaderMap) -> bool {
+        match &self.0 {
+            Kind::Fixed(_) => false,
+            Kind::OAuth(source) => source.observe_api_answer(headers),
         }
     }
 
@@ -245,6 +292,7 @@ impl Authorizer {
     ///
     /// # Errors
     /// When a service app cannot get an access token.
+    #[cfg(test)]
     pub(crate) async fn authorization(&self) -> Result<HeaderValue, OktaError> {
         match &self.0 {
             Kind::Fixed(value) => Ok(value.clone()),
@@ -275,6 +323,22 @@ struct TokenSource {
     /// Held while a token is fetched, so concurrent callers wait for that one fetch
     /// instead of each asking Okta (single flight).
     cached: Mutex<TokenState>,
+    /// The key DPoP-bound tokens are bound to, made at start and kept for the life of
+    /// the process (a new key would orphan the cached token).
+    dpop_key: DpopKey,
+    /// What Okta has told about DPoP so far; a plain mutex, never held across `.await`.
+    dpop: std::sync::Mutex<DpopState>,
+}
+
+/// What the client learned about DPoP from Okta's answers.
+#[derive(Default)]
+struct DpopState {
+    /// The token endpoint refused a request without a proof: the app requires DPoP.
+    required: bool,
+    /// The latest `DPoP-Nonce` of the token endpoint, and of the API (RFC 9449 §8, §9:
+    /// each server's nonce is only good at that server).
+    token_nonce: Option<String>,
+    api_nonce: Option<String>,
 }
 
 #[derive(Default)]
@@ -286,6 +350,8 @@ struct TokenState {
 
 struct CachedToken {
     authorization: HeaderValue,
+    /// For a DPoP-bound token, its `ath` (base64url SHA-256 of the token).
+    dpop_ath: Option<String>,
     renew_at: Instant,
 }
 
@@ -298,6 +364,16 @@ struct TokenResponse {
     scope: Option<String>,
 }
 
+/// One answer of the token endpoint: a token, or a refusal with the `DPoP-Nonce` it
+/// carried (needed to retry a `use_dpop_nonce`).
+enum TokenAnswer {
+    Issued(CachedToken),
+    Refused {
+        error: TokenError,
+        nonce: Option<String>,
+    },
+}
+
 #[derive(Deserialize)]
 struct OAuthErrorBody {
     error: String,
@@ -306,11 +382,64 @@ struct OAuthErrorBody {
 }
 
 impl TokenSource {
+    #[cfg(test)]
     async fn authorization(&self) -> Result<HeaderValue, OktaError> {
+        self.current_token()
+            .await
+            .map(|(authorization, _)| authorization)
+    }
+
+    async fn credentials(&self, method: &Method, url: &Url) -> Result<Credentials, OktaError> {
+        let (authorization, ath) = self.current_token().await?;
+        let proof = match ath {
+            None => None,
+            Some(ath) => {
+                let nonce = self.dpop_state().api_nonce.clone();
+                Some(self.sign_proof(method, url, Some(&ath), nonce.as_deref())?)
+            }
+        };
+        Ok(Credentials {
+            authorization,
+            proof,
+        })
+    }
+
+    fn observe_api_answer(&self, headers: &HeaderMap) -> bool {
+        let Some(nonce) = dpop::nonce(headers) else {
+            return false;
+        };
+        // A nonce is remembered from any answer (RFC 9449 §9 lets a server send the next
+        // one on success too); it is a reason to retry only with `use_dpop_nonce`.
+        self.dpop_state().api_nonce = Some(nonce);
+        dpop::nonce_challenge(headers).is_some()
+    }
+
+    fn dpop_state(&self) -> std::sync::MutexGuard<'_, DpopState> {
+        self.dpop
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn sign_proof(
+        &self,
+        method: &Method,
+        url: &Url,
+        ath: Option<&str>,
+        nonce: Option<&str>,
+    ) -> Result<HeaderValue, OktaError> {
+        self.dpop_key
+            .proof(method, url, ath, nonce, unix_now())
+            .map_err(|e| OktaError::Assertion {
+                reason: e.to_string(),
+            })
+    }
+
+    /// The access token's `Authorization` value and, when it is DPoP-bound, its `ath`.
+    async fn current_token(&self) -> Result<(HeaderValue, Option<String>), OktaError> {
         let mut state = self.cached.lock().await;
         if let Some(token) = state.token.as_ref() {
             if Instant::now() < token.renew_at {
-                return Ok(token.authorization.clone());
+                return Ok((token.authorization.clone(), token.dpop_ath.clone()));
             }
         }
         if let Some((refusal, at)) = &state.refused {
@@ -320,12 +449,12 @@ impl TokenSource {
         }
         match self.fetch().await {
             Ok(fresh) => {
-                let authorization = fresh.authorization.clone();
+                let current = (fresh.authorization.clone(), fresh.dpop_ath.clone());
                 *state = TokenState {
                     token: Some(fresh),
                     refused: None,
                 };
-                Ok(authorization)
+                Ok(current)
             }
             Err(OktaError::Token(refusal)) if refusal.status < 500 => {
                 state.refused = Some(((*refusal).clone(), Instant::now()));
@@ -333,6 +462,12 @@ impl TokenSource {
             }
             Err(error) => Err(error),
         }
+    }
+
+    /// Drops the cached token whatever it is; true if there was one.
+    #[cfg(test)]
+    async fn forget_all(&self) -> bool {
+        self.cached.lock().await.token.take().is_some()
     }
 
     async fn forget(&self, rejected: &HeaderValue) {
@@ -352,8 +487,54 @@ impl TokenSource {
         self.fetch_with_jti(new_jti()).await
     }
 
-    #[tracing::instrument(name = "okta.token", skip_all, fields(okta.operation = TOKEN_OPERATION, okta.request_id = tracing::field::Empty, http.status = tracing::field::Empty))]
+    /// Fetches a token, the first assertion with `jti`. Against an app that requires
+    /// DPoP this is up to three requests, each with a fresh assertion (Okta may count an
+    /// assertion as used even when it refuses the request): without a proof, refused as
+    /// `invalid_dpop_proof` (learned once per process); with a proof, refused as
+    /// `use_dpop_nonce`; with the nonce Okta sent. Each step is taken at most once.
     async fn fetch_with_jti(&self, jti: String) -> Result<CachedToken, OktaError> {
+        let mut jti = Some(jti);
+        let mut learned_required = false;
+        let mut retried_with_nonce = false;
+        loop {
+            let (with_proof, nonce) = {
+                let state = self.dpop_state();
+                (state.required, state.token_nonce.clone())
+            };
+            let proof = if with_proof {
+                Some(self.sign_proof(&Method::POST, &self.token_url, None, nonce.as_deref())?)
+            } else {
+                None
+            };
+            let this_jti = jti.take().unwrap_or_else(new_jti);
+            match self.request_token(this_jti, proof).await? {
+                TokenAnswer::Issued(token) => return Ok(token),
+                TokenAnswer::Refused { error, nonce } => {
+                    if error.error == "invalid_dpop_proof" && !with_proof && !learned_required {
+                        learned_required = true;
+                        self.dpop_state().required = true;
+                        tracing::debug!("the Okta service app requires DPoP; sending proofs");
+                        continue;
+                    }
+                    if error.error == "use_dpop_nonce" && with_proof && !retried_with_nonce {
+                        if let Some(nonce) = nonce {
+                            retried_with_nonce = true;
+                            self.dpop_state().token_nonce = Some(nonce);
+                            continue;
+                        }
+                    }
+                    return Err(OktaError::Token(Box::new(error)));
+                }
+            }
+        }
+    }
+
+    #[tracing::instrument(name = "okta.token", skip_all, fields(okta.operation = TOKEN_OPERATION, okta.request_id = tracing::field::Empty, http.status = tracing::field::Empty, okta.dpop = proof.is_some()))]
+    async fn request_token(
+        &self,
+        jti: String,
+        proof: Option<HeaderValue>,
+    ) -> Result<TokenAnswer, OktaError> {
         let assertion = self
             .app
             .client_assertion(&self.token_url, unix_now(), jti)?;
@@ -368,15 +549,16 @@ impl TokenSource {
             timed_out: source.is_timeout(),
             source,
         };
-        let response = self
+        let with_proof = proof.is_some();
+        let mut request = self
             .http
             .post(self.token_url.clone())
             .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .header(ACCEPT, "application/json")
-            .body(form)
-            .send()
-            .await
-            .map_err(transport)?;
+            .header(ACCEPT, "application/json");
+        if let Some(proof) = proof {
+            request = request.header(dpop::DPOP, proof);
+        }
+        let response = request.body(form).send().await.map_err(transport)?;
         let status = response.status();
         let headers = response.headers().clone();
         let body = response.bytes().await.map_err(transport)?;
@@ -389,8 +571,14 @@ impl TokenSource {
         if let Some(id) = &request_id {
             span.record("okta.request_id", id.as_str());
         }
+        let nonce = dpop::nonce(&headers);
         if status.is_success() {
-            return self.accept(&body, request_id);
+            if let (true, Some(nonce)) = (with_proof, &nonce) {
+                self.dpop_state().token_nonce = Some(nonce.clone());
+            }
+            return self
+                .accept(&body, request_id, with_proof)
+                .map(TokenAnswer::Issued);
         }
         if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
             return Err(OktaError::RateLimited {
@@ -410,15 +598,23 @@ impl TokenSource {
                 String::new(),
             ),
         };
-        Err(OktaError::Token(Box::new(TokenError {
-            status: status.as_u16(),
-            error,
-            description,
-            request_id,
-        })))
+        Ok(TokenAnswer::Refused {
+            error: TokenError {
+                status: status.as_u16(),
+                error,
+                description,
+                request_id,
+            },
+            nonce,
+        })
     }
 
-    fn accept(&self, body: &[u8], request_id: Option<String>) -> Result<CachedToken, OktaError> {
+    fn accept(
+        &self,
+        body: &[u8],
+        request_id: Option<String>,
+        sent_proof: bool,
+    ) -> Result<CachedToken, OktaError> {
         // serde's message could quote a value from the body, which holds the token:
         // keep only where the problem is.
         let token: TokenResponse = serde_json::from_slice(body).map_err(|e| OktaError::Decode {
@@ -431,18 +627,24 @@ impl TokenSource {
             ),
             request_id: request_id.clone(),
         })?;
-        if !token.token_type.eq_ignore_ascii_case("bearer") {
+        // A DPoP-bound token is only usable with the key that asked for it; an app that
+        // does not require DPoP may still answer Bearer to a request with a proof.
+        let bound = sent_proof && token.token_type.eq_ignore_ascii_case("dpop");
+        if !bound && !token.token_type.eq_ignore_ascii_case("bearer") {
             return Err(OktaError::Decode {
                 operation: TOKEN_OPERATION,
                 message: format!(
-                    "token type {:?} is not Bearer",
-                    printable(&token.token_type)
+                    "token type {:?} is not Bearer{}",
+                    printable(&token.token_type),
+                    if sent_proof { " nor DPoP" } else { "" }
                 ),
                 request_id,
             });
         }
+        let scheme = if bound { "DPoP" } else { "Bearer" };
+        let dpop_ath = bound.then(|| dpop::access_token_hash(token.access_token.expose()));
         let mut authorization =
-            HeaderValue::from_str(&format!("Bearer {}", token.access_token.expose())).map_err(
+            HeaderValue::from_str(&format!("{scheme} {}", token.access_token.expose())).map_err(
                 |_| OktaError::Decode {
                     operation: TOKEN_OPERATION,
                     message: "the access token has characters an HTTP header cannot carry".into(),
@@ -454,11 +656,14 @@ impl TokenSource {
         let margin = (lifetime / 5).min(MAX_RENEWAL_MARGIN);
         tracing::debug!(
             expires_in_secs = token.expires_in,
+            dpop_bound = bound,
+            dpop_jkt = bound.then(|| self.dpop_key.thumbprint()),
             scope = token.scope.as_deref().map(printable),
             "obtained an Okta access token"
         );
         Ok(CachedToken {
             authorization,
+            dpop_ath,
             renew_at: Instant::now() + lifetime.saturating_sub(margin),
         })
     }
@@ -476,7 +681,7 @@ pub(crate) fn insufficient_scope(headers: &HeaderMap) -> Option<String> {
 
 /// The value of one `name="value"` parameter of a challenge; only a whole parameter
 /// name matches (`scope`, not the `scopes` inside a description).
-fn auth_param(challenge: &str, name: &str) -> Option<String> {
+pub(crate) fn auth_param(challenge: &str, name: &str) -> Option<String> {
     let needle = format!("{name}=\"");
     let mut from = 0;
     while let Some(found) = challenge[from..].find(&needle) {
@@ -598,7 +803,12 @@ mod tests {
     }
 
     async fn sim_with_client(public_pem: String, lifetime: Duration) -> OktaSim {
+        sim_with_dpop(public_pem, lifetime, true).await
+    }
+
+    async fn sim_with_dpop(public_pem: String, lifetime: Duration, required: bool) -> OktaSim {
         OktaSim::start(SimConfig {
+            oauth_dpop_required: required,
             oauth_clients: vec![SimOAuthClient {
                 client_id: "0oaTEST".into(),
                 public_key_pem: public_pem,
@@ -670,7 +880,8 @@ mod tests {
     #[tokio::test]
     async fn a_replayed_assertion_is_refused_and_reported_as_a_permanent_okta_failure() {
         let (app, public_pem) = app(KeyKind::Rsa);
-        let sim = sim_with_client(public_pem, Duration::from_secs(3600)).await;
+        // An app without DPoP, so that the bare form posts below get tokens.
+        let sim = sim_with_dpop(public_pem, Duration::from_secs(3600), false).await;
         let token_url = Url::parse(&format!("{}/oauth2/v1/token", sim.base_url())).expect("url");
         let assertion = app
             .client_assertion(&token_url, unix_now(), "the-same-jti".into())
@@ -699,6 +910,8 @@ mod tests {
             app: app.clone(),
             scope: "okta.users.read".into(),
             cached: Mutex::new(TokenState::default()),
+            dpop_key: DpopKey::generate().expect("key"),
+            dpop: std::sync::Mutex::new(DpopState::default()),
         };
         let error = source
             .fetch_with_jti("the-same-jti".into())
@@ -733,6 +946,86 @@ mod tests {
         tokio::time::resume();
         let _ = auth.authorization().await.expect_err("still the wrong key");
         assert_eq!(sim.token_requests().len(), 2, "asked again after the hold");
+    }
+
+    fn source(sim: &OktaSim, app: ServiceApp) -> TokenSource {
+        let Kind::OAuth(source) = authorizer(sim, app).0 else {
+            unreachable!("a service app")
+        };
+        *source
+    }
+
+    #[tokio::test]
+    async fn an_app_that_requires_dpop_gets_a_token_bound_to_the_ephemeral_key() {
+        let (app, public_pem) = app(KeyKind::Rsa);
+        let sim = sim_with_client(public_pem, Duration::from_secs(3600)).await;
+        let source = source(&sim, app);
+        let (authorization, ath) = source.current_token().await.expect("token");
+        let errors: Vec<Option<String>> =
+            sim.token_requests().into_iter().map(|r| r.error).collect();
+        assert_eq!(
+            errors,
+            [
+                Some("invalid_dpop_proof".to_owned()),
+                Some("use_dpop_nonce".to_owned()),
+                None
+            ],
+            "learns DPoP, then the nonce, each once"
+        );
+        let token = sim.issued_access_tokens().pop().expect("issued");
+        assert_eq!(
+            authorization.to_str().expect("ascii"),
+            format!("DPoP {token}")
+        );
+        assert_eq!(ath, Some(dpop::access_token_hash(&token)));
+        assert_eq!(
+            sim.access_token_binding(&token).as_deref(),
+            Some(source.dpop_key.thumbprint())
+        );
+        // The next token needs neither lesson again.
+        assert!(source.forget_all().await);
+        source.current_token().await.expect("token");
+        assert_eq!(sim.token_requests().len(), 4);
+        assert_eq!(sim.token_requests()[3].status, 200);
+    }
+
+    #[tokio::test]
+    async fn an_app_without_dpop_is_served_bearer_tokens_as_before() {
+        let (app, public_pem) = app(KeyKind::P256);
+        let sim = sim_with_dpop(public_pem, Duration::from_secs(3600), false).await;
+        let source = source(&sim, app);
+        let url = Url::parse(&format!("{}/api/v1/users", sim.base_url())).expect("url");
+        let credentials = source.credentials(&Method::GET, &url).await.expect("token");
+        assert!(credentials.proof.is_none());
+        let token = sim.issued_access_tokens().pop().expect("issued");
+        assert_eq!(
+            credentials.authorization.to_str().expect("ascii"),
+            format!("Bearer {token}")
+        );
+        assert_eq!(sim.token_requests().len(), 1, "no proof, no extra request");
+    }
+
+    #[tokio::test]
+    async fn a_stale_nonce_is_replaced_by_the_one_okta_sends() {
+        let (app, public_pem) = app(KeyKind::Rsa);
+        let sim = sim_with_client(public_pem, Duration::from_secs(3600)).await;
+        let source = source(&sim, app);
+        source.current_token().await.expect("token");
+        // Two rotations: the nonce the client holds is no longer accepted.
+        sim.rotate_dpop_nonces();
+        sim.rotate_dpop_nonces();
+        assert!(source.forget_all().await);
+        source
+            .current_token()
+            .await
+            .expect("renewed with the new nonce");
+        let errors: Vec<Option<String>> = sim
+            .token_requests()
+            .into_iter()
+            .skip(3)
+            .map(|r| r.error)
+            .collect();
+        assert_eq!(errors, [Some("use_dpop_nonce".to_owned()), None]);
     }
 
     #[tokio::test]

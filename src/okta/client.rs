@@ -156,6 +156,8 @@ pub enum OktaSetupError {
     BadToken,
     #[error("cannot build the HTTP client")]
     Http(#[source] reqwest::Error),
+    #[error("cannot make the DPoP key for the OAuth service app")]
+    Dpop(#[source] super::dpop::DpopError),
 }
 
 /// A successful answer, already read.
@@ -587,14 +589,19 @@ impl OktaClient {
         let mut rate_limit_retries = 0u32;
         let mut concurrency_retries = 0u32;
         let mut renewed_token = false;
+        let mut retried_with_nonce = false;
         loop {
-            let authorization = self.inner.auth.authorization().await?;
+            let credentials = self.inner.auth.credentials(&method, &url).await?;
+            let authorization = credentials.authorization;
             let mut request = self
                 .inner
                 .http
                 .request(method.clone(), url.clone())
                 .header(AUTHORIZATION, authorization.clone())
                 .header(reqwest::header::ACCEPT, "application/json");
+            if let Some(proof) = credentials.proof {
+                request = request.header(super::dpop::DPOP, proof);
+            }
             if let Some(body) = body {
                 request = request.json(body);
             }
@@ -647,8 +654,15 @@ impl OktaClient {
                     self.inner.settings.max_rate_limit_wait,
                 ));
             }
+            let nonce_asked = self.inner.auth.observe_answer(&answer.headers);
             if answer.status.is_success() {
                 return Ok(answer);
+            }
+            // Okta wants a (newer) DPoP nonce, now remembered: ask once more with a new proof.
+            if nonce_asked && !retried_with_nonce {
+                retried_with_nonce = true;
+                tracing::debug!("Okta asked for a DPoP nonce; retrying once with it");
+                continue;
             }
             if answer.status == StatusCode::TOO_MANY_REQUESTS {
                 retry_for.clone_from(&request_id);
@@ -807,6 +821,9 @@ fn api_error(operation: &'static str, answer: &Answer, request_id: Option<String
             Vec::new(),
         ),
     };
+    if let Some(problem) = super::dpop::problem(&answer.headers) {
+        causes.push(problem);
+    }
     if answer.status == StatusCode::FORBIDDEN {
         if let Some(scope) = auth::insufficient_scope(&answer.headers) {
             causes.push(format!(

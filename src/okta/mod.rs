@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod dpop;
 pub mod dry_run;
 pub mod error;
 pub mod groups;

@@ -165,6 +165,8 @@ enum Verdict {
     Refuse(ApiError),
     /// 403 for an access token without this scope.
     MissingScope(&'static str),
+    /// A DPoP rule broken (400 or 401 with a `DPoP` challenge).
+    Dpop(oauth::DpopRefusal),
     HangThenPass(Duration),
     CloseConnection,
 }
@@ -278,6 +280,7 @@ async fn api_gate(shared: &Arc<Shared>, request: Request, next: Next) -> Respons
                 }
                 Verdict::Refuse(error) => error.into_response(),
                 Verdict::MissingScope(scope) => oauth::insufficient_scope_response(scope, &path),
+                Verdict::Dpop(refusal) => refusal.into_response(&path),
                 Verdict::CloseConnection => broken_response(),
             };
             with_rate_headers(response, &rate)
@@ -312,7 +315,7 @@ fn check(
         Verdict::Refuse(ApiError::rate_limited())
     } else if let Some(status) = store.outage {
         Verdict::Refuse(ApiError::simulated(status, ""))
-    } else if let Some(verdict) = authorize(shared, &store, method, path, headers) {
+    } else if let Some(verdict) = authorize(shared, &mut store, method, path, headers) {
         verdict
     } else {
         match take_fault(&mut store, method, path) {
@@ -335,7 +338,11 @@ fn credential(shared: &Shared, store: &Store, headers: &HeaderMap) -> Option<Cre
     if let Some(token) = presented.strip_prefix("SSWS ") {
         return (token == shared.api_token).then_some(Credential::ApiToken);
     }
-    let token = presented.strip_prefix("Bearer ")?;
+    // The scheme's rules (DPoP-bound or not) are `oauth::dpop_refusal`'s; here only
+    // whether the token is valid, and for what.
+    let token = presented
+        .strip_prefix("Bearer ")
+        .or_else(|| presented.strip_prefix("DPoP "))?;
     store
         .oauth
         .scopes_of(token)
@@ -348,11 +355,20 @@ fn credential(shared: &Shared, store: &Store, headers: &HeaderMap) -> Option<Cre
 /// lacks the operation's scope (403 `E0000006`); `None` lets the request through.
 fn authorize(
     shared: &Shared,
-    store: &Store,
+    store: &mut Store,
     method: &Method,
     path: &str,
     headers: &HeaderMap,
 ) -> Option<Verdict> {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    if let Some(refusal) =
+        oauth::dpop_refusal(&mut store.oauth, method.as_str(), host, path, headers)
+    {
+        return Some(Verdict::Dpop(refusal));
+    }
     match credential(shared, store, headers) {
         None => Some(Verdict::Refuse(ApiError::new(
             401,

@@ -17,6 +17,9 @@
 //! token endpoint and scopes of OAuth 2.0 service apps, `admin` the `/__sim/` endpoints.
 
 mod admin;
+mod dpop;
+#[cfg(test)]
+mod dpop_tests;
 mod gate;
 mod oauth;
 #[cfg(test)]
@@ -75,6 +78,13 @@ pub struct SimConfig {
     /// search lags writes; `getUser` does not). Users seeded through the handle or
     /// `/__sim/` existed long before and are searchable at once. Zero: no lag.
     pub search_lag: Duration,
+    /// The service apps require DPoP, as an API Services app made in the Admin Console
+    /// does by default; `false` is an app created through the API
+    /// (`dpop_bound_access_tokens: false`). A proof sent anyway still binds the token.
+    pub oauth_dpop_required: bool,
+    /// The API asks for its own DPoP nonce (401 `use_dpop_nonce`) in proofs that come
+    /// with DPoP-bound tokens.
+    pub oauth_dpop_api_nonce: bool,
 }
 
 impl Default for SimConfig {
@@ -90,6 +100,8 @@ impl Default for SimConfig {
             access_token_lifetime: Duration::from_secs(3600),
             deactivated_profile_edits: false,
             search_lag: DEFAULT_SEARCH_LAG,
+            oauth_dpop_required: true,
+            oauth_dpop_api_nonce: true,
         }
     }
 }
@@ -308,6 +320,8 @@ impl OktaSim {
         store.oauth.lifetime = config.access_token_lifetime;
         store.directory.deactivated_profile_edits = config.deactivated_profile_edits;
         store.directory.search_lag = config.search_lag;
+        store.oauth.dpop.required = config.oauth_dpop_required;
+        store.oauth.dpop.api_nonce = config.oauth_dpop_api_nonce;
         for client in &config.oauth_clients {
             store
                 .oauth
@@ -370,6 +384,27 @@ impl OktaSim {
     /// `E0000011`), as if their hour had passed without the client noticing.
     pub fn expire_access_tokens(&self) {
         self.shared.store().oauth.expire_all();
+    }
+
+    /// Whether the service apps require DPoP from now on.
+    pub fn set_oauth_dpop_required(&self, required: bool) {
+        self.shared.store().oauth.dpop.required = required;
+    }
+
+    /// Moves the token endpoint and the API to new DPoP nonces; the previous ones stay
+    /// valid until the next rotation (Okta keeps an old nonce for days).
+    pub fn rotate_dpop_nonces(&self) {
+        self.shared.store().oauth.dpop.rotate_nonces();
+    }
+
+    /// The key thumbprint (`cnf.jkt`) an issued, unexpired access token is bound to;
+    /// `None` for a Bearer token.
+    pub fn access_token_binding(&self, token: &str) -> Option<String> {
+        self.shared
+            .store()
+            .oauth
+            .binding_of(token)
+            .map(str::to_owned)
     }
 
     /// Every access token issued so far, oldest first.

@@ -8,6 +8,11 @@
 //! never seen before; a scope the app was not granted is refused; an expired or unknown
 //! access token gets 401 `E0000011`, and a token without an operation's scope gets 403
 //! `E0000006` with the scope named in `WWW-Authenticate`, as Okta does.
+//!
+//! DPoP is checked here too, with the proof rules of [`super::dpop`]: by default the
+//! apps require it, as one made in the Admin Console does; a proof, when sent, binds
+//! the token to its key (`token_type: DPoP`), and such a token is then refused at the
+//! API without a matching proof.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -23,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::time::Instant;
 
+use super::dpop::{self, DpopState, Expected, ProofError};
 use super::state::random_token;
 use super::Shared;
 
@@ -61,6 +67,8 @@ struct RegisteredClient {
 struct IssuedToken {
     scopes: Vec<String>,
     expires: Instant,
+    /// The thumbprint of the key a DPoP-bound token is bound to (`cnf.jkt`).
+    jkt: Option<String>,
 }
 
 /// Service apps, the tokens issued to them, and the assertion ids already used.
@@ -75,6 +83,7 @@ pub(super) struct OAuthState {
     pub(super) issued: Vec<String>,
     pub(super) assertions: Vec<String>,
     pub(super) log: Vec<TokenRecord>,
+    pub(super) dpop: DpopState,
 }
 
 impl Default for OAuthState {
@@ -87,6 +96,7 @@ impl Default for OAuthState {
             issued: Vec::new(),
             assertions: Vec::new(),
             log: Vec::new(),
+            dpop: DpopState::default(),
         }
     }
 }
@@ -125,6 +135,15 @@ impl OAuthState {
         for token in self.tokens.values_mut() {
             token.expires = now;
         }
+    }
+
+    /// The key thumbprint a valid access token is bound to (`None`: a Bearer token, or
+    /// no valid token at all).
+    pub(super) fn binding_of(&self, token: &str) -> Option<&str> {
+        self.tokens
+            .get(token)
+            .filter(|t| Instant::now() < t.expires)
+            .and_then(|t| t.jkt.as_deref())
     }
 
     /// The scopes of a valid access token; `None` when unknown or expired.
@@ -178,6 +197,8 @@ struct OAuthError {
     status: StatusCode,
     error: &'static str,
     description: String,
+    /// A `DPoP-Nonce` to send with the refusal.
+    nonce: Option<String>,
 }
 
 impl OAuthError {
@@ -186,6 +207,7 @@ impl OAuthError {
             status: StatusCode::UNAUTHORIZED,
             error: "invalid_client",
             description: description.into(),
+            nonce: None,
         }
     }
 
@@ -194,6 +216,7 @@ impl OAuthError {
             status: StatusCode::BAD_REQUEST,
             error,
             description: description.into(),
+            nonce: None,
         }
     }
 }
@@ -220,13 +243,18 @@ pub(super) async fn token(
         .and_then(|h| h.to_str().ok())
         .unwrap_or("localhost");
     let audience = format!("http://{host}/oauth2/v1/token");
+    let proofs: Vec<&str> = headers
+        .get_all("dpop")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
     let mut store = shared.store();
     let oauth = &mut store.oauth;
     if let Some(assertion) = form.get("client_assertion") {
         oauth.assertions.push(assertion.clone());
     }
     let mut client_id = None;
-    let result = issue(oauth, &form, &audience, &mut client_id);
+    let result = issue(oauth, &form, &audience, &proofs, &mut client_id);
     let (status, error) = match &result {
         Ok(_) => (200, None),
         Err(e) => (e.status.as_u16(), Some(e.error.to_owned())),
@@ -239,11 +267,17 @@ pub(super) async fn token(
     drop(store);
     let mut response = match result {
         Ok(body) => (StatusCode::OK, Json(body)).into_response(),
-        Err(e) => (
-            e.status,
-            Json(json!({"error": e.error, "error_description": e.description})),
-        )
-            .into_response(),
+        Err(e) => {
+            let mut response = (
+                e.status,
+                Json(json!({"error": e.error, "error_description": e.description})),
+            )
+                .into_response();
+            if let Some(nonce) = e.nonce.and_then(|n| HeaderValue::from_str(&n).ok()) {
+                response.headers_mut().insert(dpop::NONCE_HEADER, nonce);
+            }
+            response
+        }
     };
     let headers = response.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -255,6 +289,7 @@ fn issue(
     oauth: &mut OAuthState,
     form: &HashMap<String, String>,
     audience: &str,
+    proofs: &[&str],
     client_id_seen: &mut Option<String>,
 ) -> Result<serde_json::Value, OAuthError> {
     let field = |name: &str| form.get(name).map(String::as_str).filter(|v| !v.is_empty());
@@ -357,6 +392,31 @@ fn issue(
         ));
     }
 
+    // The proof is checked after the assertion, whose `jti` is then used up: a client
+    // must sign a new assertion for its retry with a nonce.
+    let jkt = if oauth.dpop.required || !proofs.is_empty() {
+        let nonces = oauth.dpop.token_nonces.clone();
+        let expected = Expected {
+            method: "POST",
+            htu: audience,
+            ath: None,
+            nonces: Some(&nonces),
+        };
+        match dpop::check(&mut oauth.dpop, proofs, &expected, now) {
+            Ok(jkt) => Some(jkt),
+            Err(refusal) => {
+                return Err(OAuthError {
+                    status: StatusCode::BAD_REQUEST,
+                    error: refusal.error(),
+                    description: refusal.description(true),
+                    nonce: (refusal == ProofError::UseNonce).then(|| nonces.current().to_owned()),
+                })
+            }
+        }
+    } else {
+        None
+    };
+
     let requested: Vec<String> = scope.split_whitespace().map(str::to_owned).collect();
     let refused: Vec<&str> = requested
         .iter()
@@ -378,15 +438,125 @@ fn issue(
         IssuedToken {
             scopes: requested.clone(),
             expires: Instant::now() + oauth.lifetime,
+            jkt: jkt.clone(),
         },
     );
     oauth.issued.push(access_token.clone());
     Ok(json!({
-        "token_type": "Bearer",
+        "token_type": if jkt.is_some() { "DPoP" } else { "Bearer" },
         "expires_in": oauth.lifetime.as_secs(),
         "access_token": access_token,
         "scope": requested.join(" "),
     }))
+}
+
+/// Okta's refusal of an API request for DPoP reasons: empty body, a `DPoP` challenge.
+#[derive(Debug, Clone)]
+pub(super) struct DpopRefusal {
+    status: StatusCode,
+    error: &'static str,
+    description: String,
+    nonce: Option<String>,
+}
+
+impl DpopRefusal {
+    pub(super) fn into_response(self, path: &str) -> Response {
+        let mut response = self.status.into_response();
+        let challenge = format!(
+            "DPoP algs=\"RS256 RS384 RS512 ES256 ES384 ES512\", realm=\"IdpMgmt\", error=\"{}\", error_description=\"{}\", resource=\"{}\"",
+            self.error,
+            self.description.replace('"', "'"),
+            path.replace('"', "")
+        );
+        let headers = response.headers_mut();
+        if let Ok(value) = HeaderValue::from_str(&challenge) {
+            headers.insert(header::WWW_AUTHENTICATE, value);
+        }
+        if let Some(nonce) = self.nonce.and_then(|n| HeaderValue::from_str(&n).ok()) {
+            headers.insert(dpop::NONCE_HEADER, nonce);
+        }
+        response
+    }
+}
+
+/// The DPoP rules of an `/api/` request with an access token: a DPoP-bound token only
+/// with the `DPoP` scheme and a valid proof by its key for this request (with the
+/// API's nonce when it asks for one); a Bearer token never with the `DPoP` scheme.
+/// `None` lets the usual token check go on (an unknown or expired token gets its 401
+/// `E0000011` there).
+pub(super) fn dpop_refusal(
+    oauth: &mut OAuthState,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &HeaderMap,
+) -> Option<DpopRefusal> {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())?;
+    let refuse = |status: StatusCode, error: &'static str, description: &str| DpopRefusal {
+        status,
+        error,
+        description: description.to_owned(),
+        nonce: None,
+    };
+    if let Some(token) = presented.strip_prefix("Bearer ") {
+        // RFC 9449 §7.1: a DPoP-bound token is no Bearer token.
+        return oauth.binding_of(token).map(|_| {
+            refuse(
+                StatusCode::UNAUTHORIZED,
+                "invalid_token",
+                "The access token is DPoP-bound; send it with the DPoP scheme and a DPoP proof.",
+            )
+        });
+    }
+    let token = presented.strip_prefix("DPoP ")?;
+    oauth.scopes_of(token)?;
+    let Some(bound) = oauth.binding_of(token).map(str::to_owned) else {
+        return Some(refuse(
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+            "The access token is not DPoP-bound.",
+        ));
+    };
+    let proofs: Vec<&str> = headers
+        .get_all("dpop")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let htu = dpop::expected_htu(host, path);
+    let ath = dpop::access_token_hash(token);
+    let nonces = oauth.dpop.api_nonce.then(|| oauth.dpop.api_nonces.clone());
+    let expected = Expected {
+        method,
+        htu: &htu,
+        ath: Some(&ath),
+        nonces: nonces.as_ref(),
+    };
+    match dpop::check(
+        &mut oauth.dpop,
+        &proofs,
+        &expected,
+        jsonwebtoken::get_current_timestamp(),
+    ) {
+        Ok(jkt) if jkt == bound => None,
+        Ok(_) => Some(refuse(
+            StatusCode::BAD_REQUEST,
+            "invalid_dpop_proof",
+            "The DPoP proof JWT key does not match the access token's binding.",
+        )),
+        Err(ProofError::UseNonce) => Some(DpopRefusal {
+            status: StatusCode::UNAUTHORIZED,
+            error: "use_dpop_nonce",
+            description: ProofError::UseNonce.description(false),
+            nonce: nonces.map(|n| n.current().to_owned()),
+        }),
+        Err(refusal) => Some(refuse(
+            StatusCode::BAD_REQUEST,
+            refusal.error(),
+            &refusal.description(false),
+        )),
+    }
 }
 
 /// The kind of a generated key pair.

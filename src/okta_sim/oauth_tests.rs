@@ -36,6 +36,9 @@ impl Harness {
                 public_key_pem: keys.public_pem.clone(),
                 scopes: granted.iter().map(|s| s.to_string()).collect(),
             }],
+            // These tests are about the assertion and scopes, posted by hand without
+            // DPoP: an app created through the API. DPoP has its own tests (`dpop_tests`).
+            oauth_dpop_required: false,
             ..SimConfig::default()
         })
         .await
