@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod policy;
 pub mod process;
 
 use futures_util::StreamExt;
