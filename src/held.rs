@@ -1,5 +1,5 @@
 //! `iam-provisioner held release|discard`: what an operator does with removals the
-//! offboarding guard held (`<work queue>.held`).
+//! offboarding guard held (`<work queue>.holding`).
 //!
 //! The hold queue is read with `basic.get` up to the number of messages it had when the
 //! command started. A selected message is released — re-published to the work queue

@@ -89,7 +89,7 @@ struct HeldArgs {
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
     )]
     amqp_url: String,
-    /// The work queue whose hold queue (`<WORK_QUEUE>.held`) is read.
+    /// The work queue whose hold queue (`<WORK_QUEUE>.holding`) is read.
     #[arg(long, env = "WORK_QUEUE", default_value = "iam-provisioner")]
     work_queue: String,
 }

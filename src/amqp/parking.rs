@@ -500,7 +500,7 @@ mod tests {
             datetime!(2026-12-01 00:00 UTC),
         );
         assert_eq!(held.exchange, "");
-        assert_eq!(held.routing_key, "q.held");
+        assert_eq!(held.routing_key, "q.holding");
         let h = held.properties.headers().as_ref();
         assert_eq!(
             headers::get_str(h, ORIGINAL_ROUTING_KEY),
