@@ -124,9 +124,16 @@ fn failure_message(death: &BrokerDeath) -> String {
 /// Watches `<work queue>.dead-letter-watch` until `stop`, reconnecting after a lost
 /// session.
 pub async fn run(amqp_url: Secret, names: TopologyNames, stop: CancellationToken) {
-    let mut delay = Duration::from_millis(200);
+    const FIRST_DELAY: Duration = Duration::from_millis(200);
+    let mut delay = FIRST_DELAY;
     loop {
-        match session(&amqp_url, &names, &stop).await {
+        let started = tokio::time::Instant::now();
+        let ended = session(&amqp_url, &names, &stop).await;
+        // A session that ran a while was a working one: the next wait starts short again.
+        if started.elapsed() > Duration::from_secs(60) {
+            delay = FIRST_DELAY;
+        }
+        match ended {
             Ok(()) => return,
             Err(error) => tracing::warn!(
                 error = %error,
