@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::policy::{operator_command, ScopedPolicy};
+use common::policy::{depth_settles, operator_command, ScopedPolicy};
 use common::*;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
@@ -58,13 +58,19 @@ async fn replay_keeps_the_dead_letter_when_the_broker_refuses_its_copy() {
     let refuse = refuse_copies(&world).await;
     let replay = operator_command(&world.names, &["replay"]).await;
     assert_ne!(replay.status.code(), Some(0), "{replay:?}");
-    assert_eq!(world.queue_depth(&dlq).await, 1, "the original stays");
+    depth_settles(
+        &world,
+        &dlq,
+        1,
+        "the original stays in the dead-letter queue",
+    )
+    .await;
     take_filler(&world).await;
 
     drop(refuse);
     let replay = operator_command(&world.names, &["replay"]).await;
     assert_eq!(replay.status.code(), Some(0), "{replay:?}");
-    assert_eq!(world.queue_depth(&dlq).await, 0);
+    depth_settles(&world, &dlq, 0, "the replayed original is removed").await;
     assert_eq!(
         world.queue_depth(&world.names.work_queue).await,
         1,
@@ -106,18 +112,20 @@ async fn held_release_keeps_the_held_removal_when_the_broker_refuses_its_copy() 
     let refuse = refuse_copies(&world).await;
     let release = operator_command(&world.names, &["held", "release"]).await;
     assert_ne!(release.status.code(), Some(0), "{release:?}");
-    assert_eq!(
-        world.queue_depth(&parking.held_queue).await,
-        1,
-        "the held removal stays"
-    );
+    depth_settles(&world, &parking.held_queue, 1, "the held removal stays").await;
     take_filler(&world).await;
 
     drop(refuse);
     world.restart_service().await;
     let release = operator_command(&world.names, &["held", "release"]).await;
     assert_eq!(release.status.code(), Some(0), "{release:?}");
-    assert_eq!(world.queue_depth(&parking.held_queue).await, 0);
+    depth_settles(
+        &world,
+        &parking.held_queue,
+        0,
+        "the released removal leaves",
+    )
+    .await;
     let done = world.final_outcome(&id).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     world.stop_service().await;

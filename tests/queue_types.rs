@@ -261,3 +261,46 @@ async fn the_classic_waiting_rooms_of_an_earlier_version_are_drained_into_the_ne
         assert!(gone.is_err(), "{queue} is deleted once empty");
     }
 }
+
+#[tokio::test]
+async fn held_sees_a_removal_an_older_replica_held_in_the_classic_hold_queue() {
+    let world = World::start("held-upgrade").await;
+    let parking = world.parking();
+    // An older replica, still running during a rolling upgrade, holds a removal.
+    world
+        .channel
+        .queue_declare(
+            parking.legacy_held_queue.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("legacy hold queue");
+    let id = event_id("held-upgrade");
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "x-original-routing-key".into(),
+        AMQPValue::LongString("employee.removed".into()),
+    );
+    publish_to(
+        &world.channel,
+        "",
+        &parking.legacy_held_queue,
+        leaver(&id, Some("E-932"), None).to_string().as_bytes(),
+        BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_headers(headers),
+    )
+    .await;
+
+    let listed =
+        common::policy::operator_command(&world.names, &["held", "release", "--dry-run"]).await;
+    let text = String::from_utf8_lossy(&listed.stdout);
+    assert_eq!(listed.status.code(), Some(0), "{listed:?}");
+    assert!(text.contains(&id), "{text}");
+    common::policy::depth_settles(&world, &parking.held_queue, 1, "the moved removal is held")
+        .await;
+}

@@ -70,14 +70,28 @@ pub async fn migrate_legacy_queues(
         )
         .await?;
     }
-    moved += drain(
+    moved += migrate_legacy_hold_queue(connection, &names.work_queue).await?;
+    Ok(moved)
+}
+
+/// Moves what waits in the classic hold queue of an earlier version into the current
+/// one (which must exist); `held` runs it too, so that during a rolling upgrade it sees
+/// removals an older replica held. Returns how many were moved.
+///
+/// # Errors
+/// As [`migrate_legacy_queues`].
+pub async fn migrate_legacy_hold_queue(
+    connection: &Connection,
+    work_queue: &str,
+) -> Result<u64, TopologyError> {
+    let parking = ParkingNames::for_work_queue(work_queue);
+    drain(
         connection,
         &parking.legacy_held_queue,
         None,
         Destination::Queue(&parking.held_queue),
     )
-    .await?;
-    Ok(moved)
+    .await
 }
 
 fn broker(queue: &str, doing: &'static str) -> impl FnOnce(lapin::Error) -> TopologyError {

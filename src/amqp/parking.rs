@@ -93,6 +93,11 @@ impl ParkingNames {
         }
     }
 
+    /// The work queue these objects belong to.
+    pub fn work_queue(&self) -> &str {
+        &self.work_queue
+    }
+
     /// The queue of one delay bucket.
     pub fn delay_queue(&self, bucket: &DelayBucket) -> String {
         format!("{}.parked.{}", self.work_queue, bucket.name)

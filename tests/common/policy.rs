@@ -70,3 +70,13 @@ pub async fn operator_command(names: &TopologyNames, args: &[&str]) -> Output {
         .await
         .expect("the binary's task")
 }
+
+/// Waits until `queue` holds `expected` ready messages. Messages an operator command took
+/// and did not acknowledge return to the queue when its connection is gone, which the
+/// broker finishes a moment after the process exited.
+pub async fn depth_settles(world: &super::World, queue: &str, expected: u32, what: &str) {
+    super::eventually(what, || async {
+        world.queue_depth(queue).await == expected
+    })
+    .await;
+}
