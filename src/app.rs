@@ -220,6 +220,11 @@ impl Application {
             ))
         });
         let protected = self.spawn_protected_refresh(&health, &stop);
+        let dead_letter_watch = tokio::spawn(crate::amqp::dead_letter_watch::run(
+            self.settings.amqp_url.clone(),
+            self.settings.topology.clone(),
+            stop.clone(),
+        ));
         let sessions = self.run_sessions(stop.clone());
         tokio::pin!(sessions);
         tokio::select! {
@@ -234,6 +239,7 @@ impl Application {
         stop.cancel();
         let _ = prober.await;
         let _ = protected.await;
+        let _ = dead_letter_watch.await;
         if let Some(reload) = reload {
             let _ = reload.await;
         }
@@ -812,6 +818,7 @@ pub async fn connect_and_declare_partitioned(
             source,
         })?;
     topology::declare(&channel, names).await?;
+    crate::amqp::migration::migrate_legacy_queues(&connection, names).await?;
     if let Some(partitions) = partitions {
         topology::declare_partitions(&channel, names, partitions).await?;
     }

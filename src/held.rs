@@ -1,5 +1,5 @@
 //! `iam-provisioner held release|discard`: what an operator does with removals the
-//! offboarding guard held (`<work queue>.held`).
+//! offboarding guard held (`<work queue>.holding`).
 //!
 //! The hold queue is read with `basic.get` up to the number of messages it had when the
 //! command started. A selected message is released — re-published to the work queue
@@ -118,6 +118,8 @@ pub enum HeldError {
     NoRoutingKey { message_id: Option<String> },
     #[error(transparent)]
     Publish(#[from] PublishError),
+    #[error(transparent)]
+    Upgrade(#[from] crate::amqp::topology::TopologyError),
 }
 
 /// Releases or discards the selected held messages of `work_queue`.
@@ -150,6 +152,23 @@ async fn act(
     selection: &HeldSelection,
 ) -> Result<HeldReport, HeldError> {
     let channel = connection.create_channel().await?;
+    channel
+        .queue_declare(
+            names.held_queue.as_str().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|source| HeldError::NoQueue {
+            queue: names.held_queue.clone(),
+            source,
+        })?;
+    // Removals an older replica held in the classic hold queue are moved first
+    // (confirmed, ack-last), so that a rolling upgrade hides none of them.
+    crate::amqp::migration::migrate_legacy_hold_queue(connection, names.work_queue()).await?;
     let queue = channel
         .queue_declare(
             names.held_queue.as_str().into(),

@@ -89,7 +89,7 @@ struct HeldArgs {
     /// in shell history and `ps`).
     #[arg(long, hide = true, value_name = "URL")]
     amqp_url: Option<String>,
-    /// The work queue whose hold queue (`<WORK_QUEUE>.held`) is read.
+    /// The work queue whose hold queue (`<WORK_QUEUE>.holding`) is read.
     #[arg(long, env = "WORK_QUEUE", default_value = "iam-provisioner")]
     work_queue: String,
 }

@@ -2,8 +2,10 @@
 //! dead-letter copies with publisher confirms, and partitioned mode's intake. Only this
 //! module knows AMQP types.
 
+pub mod dead_letter_watch;
 pub mod headers;
 pub mod intake;
+pub mod migration;
 pub mod parking;
 pub mod publisher;
 pub mod topology;

@@ -7,11 +7,21 @@
 //!   a message published there reaches the work queue alone, with its routing key
 //!   (the event type) kept — other queues bound to the input exchange never see it.
 //! - `<work queue>.delay`: headers exchange; parked messages carry `x-delay-bucket`.
-//! - `<work queue>.delay.<bucket>`: classic durable queues with `x-message-ttl` = the
-//!   bucket and `x-dead-letter-exchange` = `<work queue>.retry`; nobody consumes them,
-//!   a message expires back into the work queue.
-//! - `<work queue>.held`: classic durable queue nobody consumes; the operator's
+//! - `<work queue>.parked.<bucket>`: quorum queues with `x-message-ttl` = the bucket and
+//!   `x-dead-letter-exchange` = `<work queue>.retry`; nobody consumes them, a message
+//!   expires back into the work queue.
+//! - `<work queue>.holding`: quorum queue nobody consumes; the operator's
 //!   `held release|discard` empties it.
+//!
+//! Why quorum queues with `x-dead-letter-strategy: at-least-once`: a classic queue
+//! dead-letters at most once — if the retry exchange, its binding or the work queue is
+//! missing or refuses the message when it expires, the broker drops it, and a parked
+//! removal is lost without an outcome. A quorum queue with the at-least-once strategy
+//! keeps the expired message until the target confirmed it and retries meanwhile. The
+//! strategy needs `x-overflow: reject-publish` (RabbitMQ 3.10 and later; the explicit
+//! `x-queue-type` also keeps a vhost's default type from choosing for us). The classic
+//! queues of earlier versions (`<work queue>.delay.<bucket>`, `<work queue>.held`) are
+//! drained into these by `super::migration`; docs/upgrade-queues.md.
 
 use super::headers;
 use super::publisher::{DeliveredMessage, PublishError, Publisher};
@@ -53,12 +63,22 @@ const BROKER_DEATH_HEADERS: [&str; 7] = [
     "x-last-death-reason",
 ];
 
+/// Deliveries a held message may have before the broker dead-letters it. Every
+/// `held release|discard` (even `--dry-run`) takes the messages it does not select
+/// and returns them, and a quorum queue counts each return as a delivery; RabbitMQ 4.x
+/// would otherwise apply its default of 20 and dead-letter a held removal after twenty
+/// listings. A thousand listings of one held removal do not happen; if they did, the
+/// removal goes to the dead-letter queue (at least once), not nowhere.
+pub const HOLD_DELIVERY_LIMIT: i64 = 1000;
+
 /// The names of the waiting-room objects of one work queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParkingNames {
     pub retry_exchange: String,
     pub delay_exchange: String,
     pub held_queue: String,
+    /// The classic hold queue of earlier versions, drained at start-up.
+    pub legacy_held_queue: String,
     work_queue: String,
 }
 
@@ -68,13 +88,24 @@ impl ParkingNames {
         Self {
             retry_exchange: format!("{work_queue}.retry"),
             delay_exchange: format!("{work_queue}.delay"),
-            held_queue: format!("{work_queue}.held"),
+            held_queue: format!("{work_queue}.holding"),
+            legacy_held_queue: format!("{work_queue}.held"),
             work_queue: work_queue.to_owned(),
         }
     }
 
+    /// The work queue these objects belong to.
+    pub fn work_queue(&self) -> &str {
+        &self.work_queue
+    }
+
     /// The queue of one delay bucket.
     pub fn delay_queue(&self, bucket: &DelayBucket) -> String {
+        format!("{}.parked.{}", self.work_queue, bucket.name)
+    }
+
+    /// The classic queue of one delay bucket in earlier versions, drained at start-up.
+    pub fn legacy_delay_queue(&self, bucket: &DelayBucket) -> String {
         format!("{}.delay.{}", self.work_queue, bucket.name)
     }
 
@@ -84,6 +115,58 @@ impl ParkingNames {
         queues.push(self.held_queue.clone());
         queues
     }
+
+    /// Every queue of earlier versions, for tests' clean-up.
+    pub fn legacy_queues(&self) -> Vec<String> {
+        let mut queues: Vec<String> = BUCKETS.iter().map(|b| self.legacy_delay_queue(b)).collect();
+        queues.push(self.legacy_held_queue.clone());
+        queues
+    }
+}
+
+/// The arguments every quorum waiting-room queue shares: an explicit type, and
+/// at-least-once dead-lettering to `dead_letter_exchange`, which needs `reject-publish`.
+fn at_least_once_arguments(dead_letter_exchange: &str) -> FieldTable {
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    arguments.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(dead_letter_exchange.into()),
+    );
+    arguments.insert(
+        "x-dead-letter-strategy".into(),
+        AMQPValue::LongString("at-least-once".into()),
+    );
+    arguments.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+    arguments
+}
+
+/// The arguments of the queue of `bucket`.
+pub fn delay_queue_arguments(names: &ParkingNames, bucket: &DelayBucket) -> FieldTable {
+    let mut arguments = at_least_once_arguments(&names.retry_exchange);
+    // A queue TTL expires messages in order, head first (quorum queues since 3.10).
+    arguments.insert(
+        "x-message-ttl".into(),
+        AMQPValue::LongLongInt(i64::try_from(bucket.ttl.as_millis()).unwrap_or(i64::MAX)),
+    );
+    arguments
+}
+
+/// The arguments of the hold queue: a held removal the broker ever dead-letters (past
+/// [`HOLD_DELIVERY_LIMIT`]) goes to the contract's dead-letter exchange, never nowhere.
+pub fn hold_queue_arguments(dead_letter_exchange: &str) -> FieldTable {
+    let mut arguments = at_least_once_arguments(dead_letter_exchange);
+    arguments.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongLongInt(HOLD_DELIVERY_LIMIT),
+    );
+    arguments
 }
 
 fn declare_error(object: &'static str, name: &str) -> impl FnOnce(lapin::Error) -> TopologyError {
@@ -96,10 +179,15 @@ fn declare_error(object: &'static str, name: &str) -> impl FnOnce(lapin::Error) 
 }
 
 /// Declares the waiting-room objects of `work_queue` (which must exist); idempotent.
+/// `dead_letter_exchange` receives what the broker dead-letters from the hold queue.
 ///
 /// # Errors
 /// [`TopologyError`] for the first object the broker refused.
-pub async fn declare(channel: &Channel, work_queue: &str) -> Result<(), TopologyError> {
+pub async fn declare(
+    channel: &Channel,
+    work_queue: &str,
+    dead_letter_exchange: &str,
+) -> Result<(), TopologyError> {
     let names = ParkingNames::for_work_queue(work_queue);
     let durable = ExchangeDeclareOptions {
         durable: true,
@@ -143,33 +231,21 @@ pub async fn declare(channel: &Channel, work_queue: &str) -> Result<(), Topology
     };
     for bucket in &BUCKETS {
         let queue = names.delay_queue(bucket);
-        let mut arguments = FieldTable::default();
-        // Classic queues: a per-queue TTL expires messages in order, head first.
-        arguments.insert(
-            "x-message-ttl".into(),
-            AMQPValue::LongLongInt(bucket.ttl.as_millis() as i64),
-        );
-        arguments.insert(
-            "x-dead-letter-exchange".into(),
-            AMQPValue::LongString(names.retry_exchange.as_str().into()),
-        );
         channel
-            .queue_declare(queue.as_str().into(), durable_queue, arguments)
+            .queue_declare(
+                queue.as_str().into(),
+                durable_queue,
+                delay_queue_arguments(&names, bucket),
+            )
             .await
             .map_err(declare_error("queue", &queue))?;
-        let mut binding = FieldTable::default();
-        binding.insert("x-match".into(), AMQPValue::LongString("all".into()));
-        binding.insert(
-            DELAY_BUCKET.into(),
-            AMQPValue::LongString(bucket.name.into()),
-        );
         channel
             .queue_bind(
                 queue.as_str().into(),
                 names.delay_exchange.as_str().into(),
                 "".into(),
                 QueueBindOptions::default(),
-                binding,
+                delay_binding(bucket),
             )
             .await
             .map_err(declare_error("binding of delay queue", &queue))?;
@@ -178,11 +254,22 @@ pub async fn declare(channel: &Channel, work_queue: &str) -> Result<(), Topology
         .queue_declare(
             names.held_queue.as_str().into(),
             durable_queue,
-            FieldTable::default(),
+            hold_queue_arguments(dead_letter_exchange),
         )
         .await
         .map_err(declare_error("queue", &names.held_queue))?;
     Ok(())
+}
+
+/// The binding arguments of a bucket's queue on the delay exchange.
+pub fn delay_binding(bucket: &DelayBucket) -> FieldTable {
+    let mut binding = FieldTable::default();
+    binding.insert("x-match".into(), AMQPValue::LongString("all".into()));
+    binding.insert(
+        DELAY_BUCKET.into(),
+        AMQPValue::LongString(bucket.name.into()),
+    );
+    binding
 }
 
 /// The headers of `message` without the broker's dead-lettering records.
@@ -472,7 +559,7 @@ mod tests {
             datetime!(2026-12-01 00:00 UTC),
         );
         assert_eq!(held.exchange, "");
-        assert_eq!(held.routing_key, "q.held");
+        assert_eq!(held.routing_key, "q.holding");
         let h = held.properties.headers().as_ref();
         assert_eq!(
             headers::get_str(h, ORIGINAL_ROUTING_KEY),

@@ -78,6 +78,14 @@ impl TopologyNames {
         format!("{}.intake-lock", self.work_queue)
     }
 
+    /// `<work queue>.dead-letter-watch`: a classic queue bound to the dead-letter
+    /// exchange beside the dead-letter queue, so that the service sees what the broker
+    /// dead-letters by itself (a delivery limit) and publishes its `failed` outcome
+    /// (`super::dead_letter_watch`). Operators never need to read it.
+    pub fn dead_letter_watch_queue(&self) -> String {
+        format!("{}.dead-letter-watch", self.work_queue)
+    }
+
     /// The leavers lane: `<work queue>.leavers`, a second queue bound to the input
     /// exchange for `employee.removed` only, so that a removal never waits behind a
     /// backlog of hires. The work queue keeps its `employee.*` binding (contract §1), so
@@ -120,6 +128,22 @@ pub enum TopologyError {
         name: String,
         #[source]
         source: lapin::Error,
+    },
+    #[error("cannot upgrade queue '{queue}' of an earlier version while {doing}; its messages stay there")]
+    Migration {
+        queue: String,
+        doing: &'static str,
+        #[source]
+        source: lapin::Error,
+    },
+    #[error(
+        "cannot move a message from queue '{queue}' of an earlier version to '{destination}'; it stays there"
+    )]
+    MigrationPublish {
+        queue: String,
+        destination: String,
+        #[source]
+        source: super::publisher::PublishError,
     },
     #[error(
         "PARTITIONS is set but the broker has no exchange type '{exchange_type}': enable the \
@@ -188,12 +212,16 @@ pub async fn declare(channel: &Channel, names: &TopologyNames) -> Result<(), Top
         ..QueueDeclareOptions::default()
     };
     // The dead-letter queue is a classic queue: operators browse it by consuming and
-    // returning messages, which classic queues allow any number of times, in order.
+    // returning messages, which classic queues allow any number of times, in order. A
+    // quorum queue would count each return as a delivery and, past its delivery limit
+    // (20 by default on RabbitMQ 4.x), drop the message. Said explicitly, so that a vhost
+    // whose default queue type is quorum cannot choose otherwise; RabbitMQ treats an
+    // existing classic queue declared without the argument as equivalent.
     channel
         .queue_declare(
             names.dead_letter_queue.as_str().into(),
             durable_queue,
-            FieldTable::default(),
+            dead_letter_queue_arguments(),
         )
         .await
         .map_err(TopologyError::refused("queue", &names.dead_letter_queue))?;
@@ -204,6 +232,16 @@ pub async fn declare(channel: &Channel, names: &TopologyNames) -> Result<(), Top
         "#",
     )
     .await?;
+    let watch = names.dead_letter_watch_queue();
+    channel
+        .queue_declare(
+            watch.as_str().into(),
+            durable_queue,
+            dead_letter_queue_arguments(),
+        )
+        .await
+        .map_err(TopologyError::refused("queue", &watch))?;
+    bind(channel, &watch, &names.dead_letter_exchange, "#").await?;
 
     let mut work_arguments = FieldTable::default();
     if names.queue_type == QueueType::Quorum {
@@ -248,8 +286,18 @@ pub async fn declare(channel: &Channel, names: &TopologyNames) -> Result<(), Top
     )
     .await?;
     // Delay queues, the hold queue and the way back into the work queue.
-    super::parking::declare(channel, &names.work_queue).await?;
+    super::parking::declare(channel, &names.work_queue, &names.dead_letter_exchange).await?;
     Ok(())
+}
+
+/// The arguments of the dead-letter queue: an explicit classic type (see [`declare`]).
+pub fn dead_letter_queue_arguments() -> FieldTable {
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("classic".into()),
+    );
+    arguments
 }
 
 async fn bind(

@@ -174,6 +174,33 @@ pub fn replay_copy(
     )
 }
 
+/// What RabbitMQ's latest `x-death` record says: why and from which queue the broker
+/// itself dead-lettered a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerDeath {
+    /// `delivery_limit`, `expired`, `maxlen` or `rejected`.
+    pub reason: String,
+    /// The queue the broker took it from.
+    pub queue: String,
+    /// The routing key it had there: its event type.
+    pub routing_key: Option<String>,
+}
+
+/// The broker's latest dead-lettering of a message, when the last hand that put it in
+/// the dead-letter queue was the broker's and not this service's (a copy the service
+/// dead-lettered carries `x-error-kind`, even when an earlier `x-death` is kept).
+pub fn broker_death(table: Option<&FieldTable>) -> Option<BrokerDeath> {
+    if headers::get_str(table, dl::ERROR_KIND).is_some() {
+        return None;
+    }
+    let death = last_death(table)?;
+    Some(BrokerDeath {
+        reason: table_str(death, "reason")?,
+        queue: table_str(death, "queue")?,
+        routing_key: death_routing_key(death),
+    })
+}
+
 /// The most recent record of RabbitMQ's `x-death` header.
 fn last_death(table: Option<&FieldTable>) -> Option<&FieldTable> {
     match table?.inner().get(X_DEATH)? {
@@ -294,6 +321,20 @@ mod tests {
         let record = DeadLetter::read(1, "employee.added", &properties, b"{not json");
         assert_eq!(record.employee_id.as_deref(), Some("E-header"));
         assert_eq!(record.event_id.as_deref(), Some("evt-1"));
+    }
+
+    #[test]
+    fn the_broker_death_is_the_last_hand_only_without_the_services_failure_headers() {
+        let death = broker_death(broker_dead_letter().headers().as_ref()).expect("a death");
+        assert_eq!(death.reason, "rejected");
+        assert_eq!(death.queue, "iam-provisioner");
+        assert_eq!(death.routing_key.as_deref(), Some("employee.removed"));
+        assert_eq!(broker_death(service_dead_letter().headers().as_ref()), None);
+        // Broker-dead-lettered, replayed, then dead-lettered by the service: its own.
+        let mut table = broker_dead_letter().headers().clone().unwrap_or_default();
+        headers::set_str(&mut table, dl::ERROR_KIND, "okta");
+        assert_eq!(broker_death(Some(&table)), None);
+        assert_eq!(broker_death(None), None);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod policy;
 pub mod process;
 
 use futures_util::StreamExt;
@@ -104,6 +105,8 @@ impl Drop for BrokerCleanup {
         let replay_exchange = names.replay_exchange();
         let mut extra = std::mem::take(&mut self.extra_queues);
         extra.push(names.leavers_queue());
+        extra.push(names.dead_letter_watch_queue());
+        extra.extend(ParkingNames::for_work_queue(&names.work_queue).legacy_queues());
         // Drop cannot await; a short-lived runtime on its own thread does the deleting.
         let _ = std::thread::spawn(move || {
             let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
