@@ -312,6 +312,7 @@ impl Application {
             )
             .await?
             .with_metrics(self.worker.metrics.clone())
+            .with_confirm_timeout(self.settings.publish_confirm_timeout)
             .for_session(self.session_link(&hand_back, &broken));
             // One channel per lane, each with its own prefetch: the leavers lane's few
             // slots are never taken by hires.
@@ -623,6 +624,7 @@ impl Application {
             Ok(publisher) => Arc::new(
                 publisher
                     .with_metrics(self.worker.metrics.clone())
+                    .with_confirm_timeout(self.settings.publish_confirm_timeout)
                     .for_session(self.session_link(&hand_back, &broken)),
             ),
             Err(e) => return SessionEnd::Lost(e.to_string()),

@@ -50,6 +50,7 @@ struct RawEnv {
     retry_max_delay_ms: Option<u64>,
     http_listen: Option<String>,
     shutdown_timeout_secs: Option<u64>,
+    publish_confirm_timeout_ms: Option<u64>,
     okta_timeout_secs: Option<u64>,
     okta_max_in_flight: Option<u16>,
     group_cache_ttl_secs: Option<u64>,
@@ -197,6 +198,9 @@ pub struct Settings {
     pub http_listen: SocketAddr,
     /// How long shutdown waits for in-flight work before handing it back to the broker.
     pub shutdown_timeout: Duration,
+    /// `PUBLISH_CONFIRM_TIMEOUT_MS`: how long a publish waits for the broker's confirm
+    /// (not counting time the broker blocks the connection) before the session ends.
+    pub publish_confirm_timeout: Duration,
     pub okta_client: OktaClientSettings,
     /// How long a resolved group name stays cached.
     pub group_cache_ttl: Duration,
@@ -382,6 +386,16 @@ impl Settings {
             retry,
             http_listen,
             shutdown_timeout: Duration::from_secs(raw.shutdown_timeout_secs.unwrap_or(25)),
+            publish_confirm_timeout: match raw.publish_confirm_timeout_ms {
+                Some(0) => {
+                    return Err(invalid(
+                        "PUBLISH_CONFIRM_TIMEOUT_MS",
+                        "must be at least 1 (milliseconds)",
+                    ))
+                }
+                Some(ms) => Duration::from_millis(ms),
+                None => crate::amqp::publisher::DEFAULT_CONFIRM_TIMEOUT,
+            },
             okta_client,
             group_cache_ttl: Duration::from_secs(raw.group_cache_ttl_secs.unwrap_or(300)),
             okta_outage_threshold: match raw.okta_outage_threshold {
