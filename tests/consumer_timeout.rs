@@ -75,7 +75,10 @@ async fn a_consumer_timeout_in_an_okta_outage_is_noticed_at_once_and_the_event_r
     );
     let user = world.sim.user(email).expect("created");
     // Created with activation: PROVISIONED until the user sets a password.
-    assert_eq!(user.status, iam_provisioner::okta_sim::UserStatus::Provisioned);
+    assert_eq!(
+        user.status,
+        iam_provisioner::okta_sim::UserStatus::Provisioned
+    );
     eventually("the input is acknowledged", || async {
         queue_counts(&world.names.work_queue) == (0, 0)
     })

@@ -10,7 +10,9 @@ mod common;
 use broker_admin::*;
 use common::*;
 use iam_provisioner::okta_sim::UserStatus;
-use lapin::options::{QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions};
+use lapin::options::{
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions,
+};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
 
@@ -65,22 +67,36 @@ async fn a_refused_outcome_keeps_the_hire_before_the_removal_and_the_leaver_stay
     );
     declare_dashboard(&world, &dashboard, arguments).await;
     // Fill it: from now on it refuses every outcome.
-    publish_to(&world.channel, "", &dashboard, b"{}", BasicProperties::default()).await;
+    publish_to(
+        &world.channel,
+        "",
+        &dashboard,
+        b"{}",
+        BasicProperties::default(),
+    )
+    .await;
 
     let email = "refused.hire@example.com";
     let hire_id = event_id("hire");
     world
-        .publish("employee.added", &hire(&hire_id, "E-16", email, &["Engineering"]))
+        .publish(
+            "employee.added",
+            &hire(&hire_id, "E-16", email, &["Engineering"]),
+        )
         .await;
-    eventually("Okta has the hire and the broker refused its outcome", || async {
-        world.sim.user(email).is_some()
-            && metric(world.http, "iam_provisioner_publish_failures_total").await >= 1.0
-    })
+    eventually(
+        "Okta has the hire and the broker refused its outcome",
+        || async {
+            world.sim.user(email).is_some()
+                && metric(world.http, "iam_provisioner_publish_failures_total").await >= 1.0
+        },
+    )
     .await;
     // The broker's counts of a quorum queue lag by a few seconds.
-    eventually("the hire is unacknowledged while its outcome is refused", || async {
-        queue_counts(&world.names.work_queue) == (0, 1)
-    })
+    eventually(
+        "the hire is unacknowledged while its outcome is refused",
+        || async { queue_counts(&world.names.work_queue) == (0, 1) },
+    )
     .await;
     let (status, body) = readyz(world.http).await;
     assert_eq!(status, 503, "{body}");
@@ -114,7 +130,10 @@ async fn a_refused_outcome_keeps_the_hire_before_the_removal_and_the_leaver_stay
     // status itself.
     let update_id = event_id("update");
     world
-        .publish("employee.updated", &hire(&update_id, "E-16", email, &["Engineering"]))
+        .publish(
+            "employee.updated",
+            &hire(&update_id, "E-16", email, &["Engineering"]),
+        )
         .await;
     let update = world.final_outcome(&update_id).await;
     assert_eq!(update["status"], "succeeded", "{update}");
@@ -159,8 +178,15 @@ async fn an_outcome_the_broker_refuses_is_acknowledged_only_after_it_is_confirme
     })
     .await;
     let succeeded = r#"iam_provisioner_events_succeeded_total{event_type="employee.added"}"#;
-    assert_eq!(metric(world.http, succeeded).await, 0.0, "nothing counted as done");
-    assert_eq!(metric(world.http, "iam_provisioner_publishes_waiting").await, 1.0);
+    assert_eq!(
+        metric(world.http, succeeded).await,
+        0.0,
+        "nothing counted as done"
+    );
+    assert_eq!(
+        metric(world.http, "iam_provisioner_publishes_waiting").await,
+        1.0
+    );
     let (status, body) = readyz(world.http).await;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("publishes refused"), "{body}");
@@ -171,11 +197,16 @@ async fn an_outcome_the_broker_refuses_is_acknowledged_only_after_it_is_confirme
     })
     .await;
     assert_eq!(metric(world.http, succeeded).await, 1.0, "done once");
-    assert_eq!(metric(world.http, "iam_provisioner_publishes_waiting").await, 0.0);
+    assert_eq!(
+        metric(world.http, "iam_provisioner_publishes_waiting").await,
+        0.0
+    );
     // A refused publish still reaches the queues that accepted it (RabbitMQ routes to
     // each queue on its own), so consumers see copies; every copy says the same.
     let outcomes = world.outcomes_until_final(&id).await;
-    assert!(outcomes.iter().all(|o| o["status"] == "succeeded" && o["attempt"] == 1));
+    assert!(outcomes
+        .iter()
+        .all(|o| o["status"] == "succeeded" && o["attempt"] == 1));
     let creates = world
         .sim
         .request_log()
@@ -219,7 +250,11 @@ async fn a_dead_letter_copy_the_broker_refuses_keeps_the_input_until_it_is_confi
     })
     .await;
     let failed = r#"iam_provisioner_events_failed_total{event_type="employee.added",error_kind="validation"}"#;
-    assert_eq!(metric(world.http, failed).await, 0.0, "no failure counted yet");
+    assert_eq!(
+        metric(world.http, failed).await,
+        0.0,
+        "no failure counted yet"
+    );
     assert_eq!(queue_counts(&dlq), (0, 0));
 
     policy.lift();
