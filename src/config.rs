@@ -709,6 +709,22 @@ mod tests {
     }
 
     #[test]
+    fn the_publish_confirm_timeout_is_bounded_and_never_zero() {
+        let settings = Settings::from_vars(vars(&OKTA), false).expect("valid");
+        assert_eq!(settings.publish_confirm_timeout, Duration::from_secs(30));
+        let mut pairs = OKTA.to_vec();
+        pairs.push(("PUBLISH_CONFIRM_TIMEOUT_MS", "1500"));
+        let settings = Settings::from_vars(vars(&pairs), false).expect("valid");
+        assert_eq!(
+            settings.publish_confirm_timeout,
+            Duration::from_millis(1500)
+        );
+        pairs.pop();
+        pairs.push(("PUBLISH_CONFIRM_TIMEOUT_MS", "0"));
+        assert!(error(&pairs, false).contains("PUBLISH_CONFIRM_TIMEOUT_MS"));
+    }
+
+    #[test]
     fn defaults_follow_the_contract() {
         let settings = Settings::from_vars(vars(&OKTA), false).expect("valid");
         assert_eq!(settings.topology.input_exchange, "hr.events");

@@ -212,3 +212,58 @@ async fn readyz(State(health): State<Health>) -> impl IntoResponse {
     }
     (status, Json(body))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ready() -> Health {
+        let health = Health::default();
+        health.set_broker_connected(true);
+        health.set_consuming(true);
+        health
+    }
+
+    #[test]
+    fn a_blocked_connection_is_not_ready_until_unblocked() {
+        let health = ready();
+        assert!(health.not_ready().is_empty());
+        health.set_broker_blocked(true);
+        assert_eq!(
+            health.not_ready(),
+            vec!["broker blocked the connection: resource alarm"]
+        );
+        health.set_broker_blocked(false);
+        assert!(health.not_ready().is_empty());
+    }
+
+    #[test]
+    fn refused_publishes_are_not_ready_while_any_waits() {
+        let health = ready();
+        health.publish_waiting(true);
+        health.publish_waiting(true);
+        health.publish_waiting(false);
+        assert_eq!(health.publishes_waiting(), 1);
+        assert_eq!(health.not_ready().len(), 1);
+        health.publish_waiting(false);
+        // Never below zero, whatever the order of the guards.
+        health.publish_waiting(false);
+        assert_eq!(health.publishes_waiting(), 0);
+        assert!(health.not_ready().is_empty());
+    }
+
+    #[test]
+    fn a_declaration_conflict_is_shown_until_cleared() {
+        let health = ready();
+        health.set_broker_conflict(Some("inequivalent arg 'x-max-length'".into()));
+        assert_eq!(
+            health.not_ready(),
+            vec!["broker objects conflict with the service's declarations"]
+        );
+        assert!(health
+            .broker_conflict()
+            .is_some_and(|c| c.contains("x-max-length")));
+        health.set_broker_conflict(None);
+        assert!(health.not_ready().is_empty());
+    }
+}

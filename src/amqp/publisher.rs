@@ -475,3 +475,29 @@ fn bounded(text: &str, limit: usize) -> String {
     cut.push('…');
     cut
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_refusals_are_sent_again_in_place() {
+        let exchange = "identity.results".to_owned();
+        assert!(PublishError::Nacked {
+            exchange: exchange.clone()
+        }
+        .is_refusal());
+        assert!(PublishError::Unroutable {
+            exchange: exchange.clone(),
+            routing_key: "employee.added.succeeded".into()
+        }
+        .is_refusal());
+        // A lost confirm or a broken channel leaves the channel in doubt: the session
+        // ends instead.
+        assert!(!PublishError::ConfirmTimeout {
+            exchange,
+            after: Duration::from_secs(30)
+        }
+        .is_refusal());
+    }
+}
