@@ -503,11 +503,26 @@ async fn watch_connection(
                 health.set_broker_blocked(false);
                 tracing::info!("the broker unblocked the connection");
             }
-            lapin::Event::Error(e) => return format!("connection error: {e}"),
+            // A channel-level (soft) error is reported here too: every channel this
+            // session depends on reports it itself (its consumer stream, the publisher's
+            // next publish or tick), and some are expected (the intake lock held by
+            // another replica). Only the connection's own failures end the session here.
+            lapin::Event::Error(e) if !is_channel_error(&e) => {
+                return format!("connection error: {e}")
+            }
             _ => {}
         }
     }
     "the connection ended".into()
+}
+
+/// Whether `error` closed one channel only (an AMQP soft error), not the connection.
+fn is_channel_error(error: &lapin::Error) -> bool {
+    matches!(
+        error.kind(),
+        lapin::ErrorKind::ProtocolError(amqp)
+            if matches!(amqp.kind(), lapin::protocol::AMQPErrorKind::Soft(_))
+    )
 }
 
 /// Checked on every tick: a publishing channel that closed without a publish noticing
