@@ -7,7 +7,7 @@
 //! and declares the topology again.
 
 use crate::amqp::intake::{Intake, LOCK_RETRY};
-use crate::amqp::publisher::{DeliveredMessage, Publisher};
+use crate::amqp::publisher::{DeliveredMessage, Publisher, SessionLink};
 use crate::amqp::topology::{self, TopologyError, TopologyNames};
 use crate::config::{Partitioning, Settings};
 use crate::deferral::Deferral;
@@ -29,6 +29,7 @@ use lapin::message::Delivery;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -302,19 +303,16 @@ impl Application {
                         }
                         Err(e) => {
                             reconnect_attempt = reconnect_attempt.saturating_add(1);
-                            tracing::warn!(
-                                error = crate::telemetry::error_chain(&e),
-                                attempt = reconnect_attempt,
-                                "broker still unavailable"
-                            );
+                            self.report_reconnect_failure(&e, reconnect_attempt);
                             continue;
                         }
                     }
                 }
             };
             self.health.set_broker_connected(true);
+            self.health.set_broker_conflict(None);
             reconnect_attempt = 0;
-            delays = patient_backoff();
+            let session_started = std::time::Instant::now();
             let end = match self.settings.partitioning {
                 None => self.run_session(&connection, &stop).await,
                 Some(partitioning) => {
@@ -324,14 +322,23 @@ impl Application {
             };
             self.health.set_consuming(false);
             self.health.set_broker_connected(false);
+            // A session that fails at once (a publish refused for good, a channel closed
+            // again) must not reconnect in a tight loop: the delays grow until a session
+            // has lasted.
+            if session_started.elapsed() >= STABLE_SESSION {
+                delays = patient_backoff();
+            }
             match end {
                 SessionEnd::Stopped => {
-                    let _ = connection.close(200, "shutting down".into()).await;
+                    close_bounded(&connection, 200, "shutting down").await;
+                    self.health.set_broker_blocked(false);
                     return;
                 }
                 SessionEnd::Lost(reason) => {
+                    self.health.session_lost();
                     tracing::warn!(reason = %reason, "broker session lost; reconnecting");
-                    let _ = connection.close(320, "reconnecting".into()).await;
+                    close_bounded(&connection, 320, "reconnecting").await;
+                    self.health.set_broker_blocked(false);
                 }
             }
         }
@@ -339,6 +346,11 @@ impl Application {
 
     async fn run_session(&self, connection: &Connection, stop: &CancellationToken) -> SessionEnd {
         let names = &self.settings.topology;
+        let hand_back = CancellationToken::new();
+        let broken = CancellationToken::new();
+        // Listening from the start: the broker may block the connection at any time.
+        let watch = watch_connection(connection.events_listener(), self.health.clone());
+        tokio::pin!(watch);
         let setup = async {
             let publisher = Publisher::open(
                 connection,
@@ -347,7 +359,9 @@ impl Application {
             )
             .await?
             .with_metrics(self.worker.metrics.clone())
-            .with_simulated_okta(self.settings.okta.is_simulated());
+            .with_simulated_okta(self.settings.okta.is_simulated())
+            .with_confirm_timeout(self.settings.publish_confirm_timeout)
+            .for_session(self.session_link(&hand_back, &broken));
             // One channel per lane, each with its own prefetch: the leavers lane's few
             // slots are never taken by hires.
             let work = self
@@ -370,29 +384,48 @@ impl Application {
             "consuming"
         );
 
-        let hand_back = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let mut ticker = tokio::time::interval(Duration::from_secs(5));
         let circuit = &self.worker.circuit;
+        // Deliveries taken while Okta is down, in delivery order (at most the prefetch).
+        let mut waiting: VecDeque<(Delivery, Lane)> = VecDeque::new();
         let end = loop {
-            // While Okta is down no new delivery is taken: they stay in the queue (or
-            // in the prefetch), for this replica or another, until Okta answers again.
+            // While Okta is down no new delivery is started: they wait in the prefetch
+            // (here, or in the queue for another replica) until Okta answers again. The
+            // consumers are still read, so that a channel the broker closes (a consumer
+            // timeout in a long outage) ends the session at once.
             let okta_down = circuit.is_open();
+            if !okta_down {
+                if let Some((delivery, lane)) = waiting.pop_front() {
+                    self.start_delivery(delivery, lane, &publisher, &hand_back, &mut tasks);
+                    continue;
+                }
+            }
             // Biased: a removal waiting in the leavers lane is taken before the next hire.
             let (next, lane) = tokio::select! {
                 biased;
                 _ = stop.cancelled() => break SessionEnd::Stopped,
+                _ = broken.cancelled() => break SessionEnd::Lost(
+                    publisher.session_failure().unwrap_or_else(|| "a publish failed".into())
+                ),
+                reason = &mut watch => break SessionEnd::Lost(reason),
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
                 _ = ticker.tick() => {
                     self.health.tick();
+                    if let Some(reason) = publishing_problem(&publisher, connection, &self.health) {
+                        break SessionEnd::Lost(reason);
+                    }
                     continue;
                 }
                 _ = circuit.wait_closed(), if okta_down => continue,
                 _ = circuit.wait_open(), if !okta_down => continue,
-                next = leavers.next(), if !okta_down => (next, Lane::Leavers),
-                next = consumer.next(), if !okta_down => (next, Lane::Work),
+                next = leavers.next() => (next, Lane::Leavers),
+                next = consumer.next() => (next, Lane::Work),
             };
             match next {
+                Some(Ok(delivery)) if circuit.is_open() || !waiting.is_empty() => {
+                    waiting.push_back((delivery, lane));
+                }
                 Some(Ok(delivery)) => {
                     self.start_delivery(delivery, lane, &publisher, &hand_back, &mut tasks);
                 }
@@ -434,12 +467,125 @@ impl Application {
             let _ = leavers_channel.close(200, "shutting down".into()).await;
             publisher.close().await;
         } else {
-            // The broker has already requeued everything unacknowledged; the tasks can
-            // no longer acknowledge, so stop their waiting and let them end.
+            // The broker has requeued (or is requeuing) everything unacknowledged, and a
+            // new session may soon receive it again: no task of this one may reach Okta
+            // after that, so all are stopped, and waited for, before this returns.
             hand_back.cancel();
-            tasks.detach_all();
+            abort_and_wait(&mut tasks).await;
         }
         end
+    }
+
+    /// Says why a reconnection failed. A declaration the broker refuses (an object that
+    /// exists with other arguments) is the operator's to fix, not a broker that is
+    /// still away: it is logged as the conflict it is and shown on `/readyz`.
+    fn report_reconnect_failure(&self, error: &StartupError, attempt: u32) {
+        let chain = crate::telemetry::error_chain(error);
+        match error {
+            StartupError::Topology(_) => {
+                tracing::error!(
+                    error = chain,
+                    attempt,
+                    "the broker refuses the service's declarations (an object exists with \
+                     other arguments); an operator must resolve the conflict"
+                );
+                self.health.set_broker_conflict(Some(chain));
+            }
+            _ => {
+                tracing::warn!(error = chain, attempt, "broker still unavailable");
+                self.health.set_broker_conflict(None);
+            }
+        }
+    }
+
+    /// What ties a session's publisher to it (see [`SessionLink`]).
+    fn session_link(
+        &self,
+        hand_back: &CancellationToken,
+        broken: &CancellationToken,
+    ) -> SessionLink {
+        SessionLink {
+            health: self.health.clone(),
+            broken: broken.clone(),
+            hand_back: hand_back.clone(),
+            reason: std::sync::Mutex::new(None),
+        }
+    }
+}
+
+/// A session that lasted this long resets the reconnection delays.
+const STABLE_SESSION: Duration = Duration::from_secs(30);
+
+/// Closes a connection, giving up after a few seconds: a connection the broker blocks
+/// sends nothing, not even its close; dropping it then ends the socket.
+async fn close_bounded(connection: &Connection, code: u16, text: &str) {
+    let _ = tokio::time::timeout(Duration::from_secs(5), connection.close(code, text.into())).await;
+}
+
+/// Stops every task of a session and waits until each has ended, so that none runs
+/// on (and reaches Okta) beside the next session.
+async fn abort_and_wait(tasks: &mut JoinSet<()>) {
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+}
+
+/// Follows the connection's events for a session: a blocked or unblocked connection
+/// (a resource alarm) goes to `/readyz` and `/metrics`; an error ends the session, and
+/// its text is returned.
+async fn watch_connection(
+    events: impl futures_util::Stream<Item = lapin::Event> + Send,
+    health: Health,
+) -> String {
+    tokio::pin!(events);
+    while let Some(event) = events.next().await {
+        match event {
+            lapin::Event::ConnectionBlocked(reason) => {
+                health.set_broker_blocked(true);
+                tracing::error!(
+                    reason = %reason,
+                    "the broker blocks the connection (resource alarm): publishes and \
+                     acknowledgements wait until it unblocks"
+                );
+            }
+            lapin::Event::ConnectionUnblocked => {
+                health.set_broker_blocked(false);
+                tracing::info!("the broker unblocked the connection");
+            }
+            // A channel-level (soft) error is reported here too: every channel this
+            // session depends on reports it itself (its consumer stream, the publisher's
+            // next publish or tick), and some are expected (the intake lock held by
+            // another replica). Only the connection's own failures end the session here.
+            lapin::Event::Error(e) if !is_channel_error(&e) => {
+                return format!("connection error: {e}")
+            }
+            _ => {}
+        }
+    }
+    "the connection ended".into()
+}
+
+/// Whether `error` closed one channel only (an AMQP soft error), not the connection.
+fn is_channel_error(error: &lapin::Error) -> bool {
+    matches!(
+        error.kind(),
+        lapin::ErrorKind::ProtocolError(amqp)
+            if matches!(amqp.kind(), lapin::protocol::AMQPErrorKind::Soft(_))
+    )
+}
+
+/// Checked on every tick: a publishing channel that closed without a publish noticing
+/// ends the session (never a silent stall with `/readyz` green); the blocked state is
+/// read again in case an event was missed.
+fn publishing_problem(
+    publisher: &Publisher,
+    connection: &Connection,
+    health: &Health,
+) -> Option<String> {
+    health.set_broker_blocked(connection.status().blocked());
+    if publisher.is_open() {
+        None
+    } else {
+        Some("the publishing channel closed".into())
     }
 }
 
@@ -527,6 +673,10 @@ impl Application {
         let standby: Vec<u16> = (0..partitioning.partitions)
             .filter(|p| !preferred.contains(p))
             .collect();
+        let hand_back = CancellationToken::new();
+        let broken = CancellationToken::new();
+        let watch = watch_connection(connection.events_listener(), self.health.clone());
+        tokio::pin!(watch);
         let publisher = match Publisher::open(
             connection,
             &names.results_exchange,
@@ -537,7 +687,9 @@ impl Application {
             Ok(publisher) => Arc::new(
                 publisher
                     .with_metrics(self.worker.metrics.clone())
-                    .with_simulated_okta(self.settings.okta.is_simulated()),
+                    .with_simulated_okta(self.settings.okta.is_simulated())
+                    .with_confirm_timeout(self.settings.publish_confirm_timeout)
+                    .for_session(self.session_link(&hand_back, &broken)),
             ),
             Err(e) => return SessionEnd::Lost(e.to_string()),
         };
@@ -581,20 +733,37 @@ impl Application {
             "consuming partitions"
         );
 
-        let hand_back = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let mut ticker = tokio::time::interval(Duration::from_secs(5));
         let standby_timer = tokio::time::sleep(partitioning.standby_delay);
         tokio::pin!(standby_timer);
         let mut standby_pending = !standby.is_empty();
         let circuit = &self.worker.circuit;
+        // As in the single-queue session: taken while Okta is down, started once it
+        // answers, so that a closed channel is noticed at once.
+        let mut waiting: VecDeque<(Delivery, Lane)> = VecDeque::new();
         let end = loop {
             let okta_down = circuit.is_open();
+            if !okta_down {
+                if let Some((delivery, lane)) = waiting.pop_front() {
+                    self.start_delivery(delivery, lane, &publisher, &hand_back, &mut tasks);
+                    continue;
+                }
+            }
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => break SessionEnd::Stopped,
+                _ = broken.cancelled() => break SessionEnd::Lost(
+                    publisher.session_failure().unwrap_or_else(|| "a publish failed".into())
+                ),
+                reason = &mut watch => break SessionEnd::Lost(reason),
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-                _ = ticker.tick() => self.health.tick(),
+                _ = ticker.tick() => {
+                    self.health.tick();
+                    if let Some(reason) = publishing_problem(&publisher, connection, &self.health) {
+                        break SessionEnd::Lost(reason);
+                    }
+                }
                 () = &mut intake, if intake_running => intake_running = false,
                 _ = circuit.wait_closed(), if okta_down => {}
                 _ = circuit.wait_open(), if !okta_down => {}
@@ -618,7 +787,8 @@ impl Application {
                     }
                     tracing::info!(standby = ?standby, "subscribed as standby");
                 }
-                next = leavers.next(), if !okta_down => match next {
+                next = leavers.next() => match next {
+                    Some(Ok(delivery)) if okta_down => waiting.push_back((delivery, Lane::Leavers)),
                     Some(Ok(delivery)) => {
                         self.start_delivery(delivery, Lane::Leavers, &publisher, &hand_back, &mut tasks);
                     }
@@ -629,7 +799,10 @@ impl Application {
                         );
                     }
                 },
-                next = consumers.next(), if !okta_down && !consumers.is_empty() => match next {
+                next = consumers.next(), if !consumers.is_empty() => match next {
+                    Some((_, Some(Ok(delivery)))) if okta_down => {
+                        waiting.push_back((delivery, Lane::Work));
+                    }
                     Some((_, Some(Ok(delivery)))) => {
                         self.start_delivery(delivery, Lane::Work, &publisher, &hand_back, &mut tasks);
                     }
@@ -668,9 +841,9 @@ impl Application {
             }
             publisher.close().await;
         } else {
-            // Another replica takes these partitions over now: stop every task, so none
-            // of them reaches Okta after the new owner has started.
-            tasks.abort_all();
+            // Another replica takes these partitions over now: stop every task, and wait
+            // until each has ended, so none of them reaches Okta beside the new owner.
+            abort_and_wait(&mut tasks).await;
         }
         end
     }

@@ -53,6 +53,7 @@ struct RawEnv {
     retry_max_delay_ms: Option<u64>,
     http_listen: Option<String>,
     shutdown_timeout_secs: Option<u64>,
+    publish_confirm_timeout_ms: Option<u64>,
     okta_timeout_secs: Option<u64>,
     okta_max_in_flight: Option<u16>,
     group_cache_ttl_secs: Option<u64>,
@@ -224,6 +225,9 @@ pub struct Settings {
     pub http_listen: SocketAddr,
     /// How long shutdown waits for in-flight work before handing it back to the broker.
     pub shutdown_timeout: Duration,
+    /// `PUBLISH_CONFIRM_TIMEOUT_MS`: how long a publish waits for the broker's confirm
+    /// (not counting time the broker blocks the connection) before the session ends.
+    pub publish_confirm_timeout: Duration,
     pub okta_client: OktaClientSettings,
     /// How long a resolved group name stays cached.
     pub group_cache_ttl: Duration,
@@ -420,6 +424,16 @@ impl Settings {
             retry,
             http_listen,
             shutdown_timeout: Duration::from_secs(raw.shutdown_timeout_secs.unwrap_or(25)),
+            publish_confirm_timeout: match raw.publish_confirm_timeout_ms {
+                Some(0) => {
+                    return Err(invalid(
+                        "PUBLISH_CONFIRM_TIMEOUT_MS",
+                        "must be at least 1 (milliseconds)",
+                    ))
+                }
+                Some(ms) => Duration::from_millis(ms),
+                None => crate::amqp::publisher::DEFAULT_CONFIRM_TIMEOUT,
+            },
             okta_client,
             group_cache_ttl: Duration::from_secs(raw.group_cache_ttl_secs.unwrap_or(300)),
             okta_outage_threshold: match raw.okta_outage_threshold {
@@ -945,6 +959,22 @@ mod tests {
             Ok(_) => panic!("expected a configuration error for {pairs:?}"),
             Err(e) => e.to_string(),
         }
+    }
+
+    #[test]
+    fn the_publish_confirm_timeout_is_bounded_and_never_zero() {
+        let settings = Settings::from_vars(vars(&OKTA), false).expect("valid");
+        assert_eq!(settings.publish_confirm_timeout, Duration::from_secs(30));
+        let mut pairs = OKTA.to_vec();
+        pairs.push(("PUBLISH_CONFIRM_TIMEOUT_MS", "1500"));
+        let settings = Settings::from_vars(vars(&pairs), false).expect("valid");
+        assert_eq!(
+            settings.publish_confirm_timeout,
+            Duration::from_millis(1500)
+        );
+        pairs.pop();
+        pairs.push(("PUBLISH_CONFIRM_TIMEOUT_MS", "0"));
+        assert!(error(&pairs, false).contains("PUBLISH_CONFIRM_TIMEOUT_MS"));
     }
 
     #[test]

@@ -121,6 +121,8 @@ pub enum PublishResult {
     Returned,
     /// The channel or connection failed before a confirm came.
     Error,
+    /// No confirm came within the confirm timeout.
+    TimedOut,
 }
 
 impl PublishResult {
@@ -130,6 +132,7 @@ impl PublishResult {
             PublishResult::Nacked => "nacked",
             PublishResult::Returned => "returned",
             PublishResult::Error => "error",
+            PublishResult::TimedOut => "timed_out",
         }
     }
 }
@@ -260,6 +263,7 @@ impl Metrics {
                 PublishResult::Nacked,
                 PublishResult::Returned,
                 PublishResult::Error,
+                PublishResult::TimedOut,
             ] {
                 let _ = families.publishes.get_or_create(&PublishLabels {
                     message: message.as_str(),
@@ -505,8 +509,41 @@ impl Collector for ScrapedState {
             "1 while the service holds a broker connection, else 0.",
             i64::from(self.health.is_broker_connected()),
         )?;
-        Ok(())
+        encode_broker_state(&mut encoder, &self.health)
     }
+}
+
+/// What the broker does to publishing (`crate::health`'s broker state): a blocked
+/// connection, refused publishes waiting, publishes not confirmed, sessions lost.
+fn encode_broker_state(
+    encoder: &mut DescriptorEncoder,
+    health: &Health,
+) -> Result<(), std::fmt::Error> {
+    encode_gauge(
+        encoder,
+        "iam_provisioner_broker_blocked",
+        "1 while the broker holds the connection blocked (memory or disk alarm), else 0.",
+        i64::from(health.is_broker_blocked()),
+    )?;
+    encode_gauge(
+        encoder,
+        "iam_provisioner_publishes_waiting",
+        "Publishes the broker refused that wait, holding their delivery unacknowledged, to be sent again.",
+        i64::try_from(health.publishes_waiting()).unwrap_or(i64::MAX),
+    )?;
+    encode_counter(
+        encoder,
+        "iam_provisioner_publish_failures",
+        "Publishes the broker did not confirm: refused, returned, timed out or failed.",
+        health.publish_failures(),
+    )?;
+    encode_counter(
+        encoder,
+        "iam_provisioner_broker_sessions_lost",
+        "Broker sessions ended because a channel or the connection failed under them (consumer timeout included).",
+        health.sessions_lost(),
+    )?;
+    Ok(())
 }
 
 /// Everything `/metrics` shows, in one registry.

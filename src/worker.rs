@@ -4,7 +4,9 @@
 //! backoff and waiting out rate limits; publish the outcome (and, on failure, the
 //! dead-letter copy) with confirms; only then acknowledge. A delivery whose work is
 //! abandoned (shutdown, lost connection) is simply not acknowledged: the broker
-//! redelivers it, and provisioning converges when it runs again.
+//! redelivers it, and provisioning converges when it runs again. A publish that cannot
+//! be confirmed ends the session with the employee's turn still held, so that no later
+//! event of the employee is acknowledged before this one comes back.
 
 use crate::amqp::publisher::{DeliveredMessage, PublishError, Publisher};
 use crate::amqp::{headers, trace};
@@ -187,8 +189,11 @@ impl Worker {
             }
             Ok(ref event) => {
                 tokio::select! {
-                    _ = job.turn.wait() => {}
+                    // Biased: once the session hands back, a delivery whose predecessor
+                    // gave up its turn unfinished must not start either.
+                    biased;
                     _ = hand_back.cancelled() => return,
+                    _ = job.turn.wait() => {}
                 }
                 // Fail safe: who is protected must be known before anything changes.
                 tokio::select! {
@@ -278,8 +283,15 @@ impl Worker {
                 tracing::warn!(
                     event_type,
                     error = crate::telemetry::error_chain(&e),
-                    "could not publish the outcome; the message will be redelivered"
+                    "could not publish; the session ends and the broker returns the \
+                     employee's deliveries in order"
                 );
+                // Releasing the turn now would let the employee's next event run and be
+                // acknowledged before this one, which the broker then redelivers after
+                // it. The turn is held until the session has handed everything back.
+                if publisher.end_session(&e) {
+                    hand_back.cancelled().await;
+                }
             }
         }
         drop(job.turn);

@@ -147,7 +147,7 @@ fn assert_labels_are_bounded(exposition: &Exposition, per_employee: &[&str]) {
             "operation" => OKTA_OPERATIONS.contains(&value),
             "status_class" => status_classes.contains(&value),
             "message" => ["outcome", "dead_letter"].contains(&value),
-            "result" => ["confirmed", "nacked", "returned", "error"].contains(&value),
+            "result" => ["confirmed", "nacked", "returned", "error", "timed_out"].contains(&value),
             "lane" => ["work", "leavers"].contains(&value),
             "header" => iam_provisioner::trust::OWN_ROUTE_HEADERS.contains(&value),
             "reason" => iam_provisioner::trust::REFUSAL_REASONS.contains(&value),

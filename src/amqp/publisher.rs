@@ -1,16 +1,34 @@
 //! Publishing with publisher confirms: outcome events to the results exchange, and
 //! dead-letter copies to the dead-letter exchange. A publish returns only once the broker
 //! has confirmed it, so the caller may then acknowledge the delivery that caused it.
+//!
+//! In the service's session ([`Publisher::for_session`]) a publish the broker refuses
+//! (nack, or a `mandatory` copy returned) is sent again with backoff until it is
+//! confirmed or the session ends, so the delivery that caused it keeps its employee's
+//! turn; a publish whose channel cannot be trusted (an error, or a confirm that never
+//! came) ends the session instead. Why: docs/broker.md, "Publish failures".
 
 use super::{headers, trace};
 use crate::domain::outcome::{format_timestamp, Failure, Outcome};
+use crate::health::Health;
 use crate::metrics::{Metrics, PublishResult, PublishedMessage};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionStatus};
 use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
 use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+
+/// How long a confirm may take before the publish counts as failed, unless the broker
+/// has said it blocks the connection (then waiting is the right thing to do).
+pub const DEFAULT_CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Between two attempts at a refused publish: from this, doubling, to [`REFUSED_MAX_DELAY`].
+const REFUSED_FIRST_DELAY: Duration = Duration::from_millis(200);
+const REFUSED_MAX_DELAY: Duration = Duration::from_secs(10);
 
 /// The headers a dead-letter copy gains (contract section 6).
 pub mod dead_letter_headers {
@@ -45,6 +63,42 @@ pub enum PublishError {
         exchange: String,
         routing_key: String,
     },
+    #[error("the broker did not confirm the message published to '{exchange}' within {} ms", after.as_millis())]
+    ConfirmTimeout { exchange: String, after: Duration },
+}
+
+impl PublishError {
+    /// Whether the broker answered and refused (nack or return): the channel is sound,
+    /// and the same publish may be confirmed later (a queue drained, a binding restored).
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            PublishError::Nacked { .. } | PublishError::Unroutable { .. }
+        )
+    }
+}
+
+/// What ties a publisher to the service's session: refused publishes wait (with
+/// backoff) until `hand_back`; a channel that cannot be trusted ends the session by
+/// `broken`; `/readyz` and `/metrics` learn both through `health`.
+pub struct SessionLink {
+    pub health: Health,
+    /// Cancelled by the publisher when a publish failed in a way that ends the session.
+    pub broken: CancellationToken,
+    /// Cancelled by the session when it ends: refused publishes stop waiting.
+    pub hand_back: CancellationToken,
+    /// Why the session was ended by a publish, for the session's log line.
+    pub reason: Mutex<Option<String>>,
+}
+
+/// Counts one refused publish as waiting for as long as it lives (even when its task is
+/// aborted).
+struct Waiting<'a>(&'a Health);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.publish_waiting(false);
+    }
 }
 
 /// A message as it was delivered, kept to build its dead-letter copy.
@@ -64,6 +118,10 @@ pub struct Publisher {
     metrics: Metrics,
     /// Outcomes say `"okta": "simulated"` when the service runs against the fake Okta.
     simulated_okta: bool,
+    /// Whether the broker blocks the connection (resource alarm).
+    connection_status: ConnectionStatus,
+    confirm_timeout: Duration,
+    session: Option<SessionLink>,
 }
 
 impl Publisher {
@@ -86,7 +144,51 @@ impl Publisher {
             dead_letter_exchange: dead_letter_exchange.to_owned(),
             metrics: Metrics::default(),
             simulated_okta: false,
+            connection_status: connection.status().clone(),
+            confirm_timeout: DEFAULT_CONFIRM_TIMEOUT,
+            session: None,
         })
+    }
+
+    /// Bounds the wait for each confirm (outside a broker-announced block).
+    pub fn with_confirm_timeout(mut self, timeout: Duration) -> Self {
+        self.confirm_timeout = timeout;
+        self
+    }
+
+    /// Ties the publisher to the service's session (see [`SessionLink`]).
+    pub fn for_session(mut self, link: SessionLink) -> Self {
+        self.session = Some(link);
+        self
+    }
+
+    /// Whether the publishing channel is still open.
+    pub fn is_open(&self) -> bool {
+        self.channel.status().connected()
+    }
+
+    /// Ends the session because a publish could not be confirmed; `false` when the
+    /// publisher serves no session (a command), which then simply returns its error.
+    pub fn end_session(&self, error: &PublishError) -> bool {
+        let Some(link) = &self.session else {
+            return false;
+        };
+        let mut reason = match link.reason.lock() {
+            Ok(reason) => reason,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        reason.get_or_insert_with(|| crate::telemetry::error_chain(error));
+        link.broken.cancel();
+        true
+    }
+
+    /// Why a publish ended the session, once one did.
+    pub fn session_failure(&self) -> Option<String> {
+        let link = self.session.as_ref()?;
+        match link.reason.lock() {
+            Ok(reason) => reason.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
     }
 
     /// Records the broker's answers (and confirmed dead-letter copies) in `metrics`.
@@ -223,11 +325,67 @@ impl Publisher {
     }
 
     /// Publishes one message and waits for the broker's confirm; with `mandatory`, an
-    /// unroutable message is an error.
+    /// unroutable message is an error. In a session, a refused message is sent again
+    /// with backoff until confirmed or the session ends.
     ///
     /// # Errors
-    /// [`PublishError`] when the broker did not confirm, or returned the message.
+    /// [`PublishError`] when the broker did not confirm, or returned the message (in a
+    /// session: a channel error or confirm timeout, or a refusal when the session ends).
     pub async fn publish(
+        &self,
+        kind: PublishedMessage,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+        mandatory: bool,
+    ) -> Result<(), PublishError> {
+        let mut delay = REFUSED_FIRST_DELAY;
+        let mut waiting = None;
+        loop {
+            let result = self
+                .publish_once(
+                    kind,
+                    exchange,
+                    routing_key,
+                    body,
+                    properties.clone(),
+                    mandatory,
+                )
+                .await;
+            let Err(error) = result else {
+                return Ok(());
+            };
+            let Some(link) = &self.session else {
+                return Err(error);
+            };
+            link.health.publish_failed();
+            if !error.is_refusal() {
+                // The channel cannot be trusted (closed, or a confirm lost): the session
+                // ends and the broker returns every unacknowledged delivery, in order.
+                self.end_session(&error);
+                return Err(error);
+            }
+            if waiting.is_none() {
+                link.health.publish_waiting(true);
+                waiting = Some(Waiting(&link.health));
+            }
+            tracing::warn!(
+                error = crate::telemetry::error_chain(&error),
+                retry_in_ms = delay.as_millis() as u64,
+                "the broker refused a publish; the delivery keeps its turn and the publish is sent again"
+            );
+            tokio::select! {
+                biased;
+                _ = link.hand_back.cancelled() => return Err(error),
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(REFUSED_MAX_DELAY);
+        }
+    }
+
+    /// One publish and its confirm, traced and counted.
+    async fn publish_once(
         &self,
         kind: PublishedMessage,
         exchange: &str,
@@ -239,7 +397,7 @@ impl Publisher {
         let span = trace::producer_span(exchange, routing_key);
         let properties = trace::inject_context(&span, properties);
         let result = self
-            .publish_confirmed(exchange, routing_key, body, properties, mandatory)
+            .publish_bounded(exchange, routing_key, body, properties, mandatory)
             .instrument(span.clone())
             .await;
         self.metrics.published(
@@ -249,12 +407,45 @@ impl Publisher {
                 Err(PublishError::Nacked { .. }) => PublishResult::Nacked,
                 Err(PublishError::Unroutable { .. }) => PublishResult::Returned,
                 Err(PublishError::Broker { .. }) => PublishResult::Error,
+                Err(PublishError::ConfirmTimeout { .. }) => PublishResult::TimedOut,
             },
         );
         if result.is_err() {
             span.record("otel.status_code", "error");
         }
         result
+    }
+
+    /// [`Publisher::publish_confirmed`], bounded by the confirm timeout, except while
+    /// the broker blocks the connection: it said why no confirm comes, and a timeout
+    /// then would only end the session and run the deliveries again for nothing.
+    async fn publish_bounded(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+        mandatory: bool,
+    ) -> Result<(), PublishError> {
+        let publish = self.publish_confirmed(exchange, routing_key, body, properties, mandatory);
+        tokio::pin!(publish);
+        loop {
+            match tokio::time::timeout(self.confirm_timeout, &mut publish).await {
+                Ok(result) => return result,
+                Err(_) if self.connection_status.blocked() => {
+                    tracing::warn!(
+                        exchange,
+                        "the broker blocks the connection (resource alarm); still waiting for a confirm"
+                    );
+                }
+                Err(_) => {
+                    return Err(PublishError::ConfirmTimeout {
+                        exchange: exchange.to_owned(),
+                        after: self.confirm_timeout,
+                    })
+                }
+            }
+        }
     }
 
     async fn publish_confirmed(
@@ -314,4 +505,30 @@ fn bounded(text: &str, limit: usize) -> String {
     let mut cut: String = text.chars().take(limit).collect();
     cut.push('…');
     cut
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_refusals_are_sent_again_in_place() {
+        let exchange = "identity.results".to_owned();
+        assert!(PublishError::Nacked {
+            exchange: exchange.clone()
+        }
+        .is_refusal());
+        assert!(PublishError::Unroutable {
+            exchange: exchange.clone(),
+            routing_key: "employee.added.succeeded".into()
+        }
+        .is_refusal());
+        // A lost confirm or a broken channel leaves the channel in doubt: the session
+        // ends instead.
+        assert!(!PublishError::ConfirmTimeout {
+            exchange,
+            after: Duration::from_secs(30)
+        }
+        .is_refusal());
+    }
 }
