@@ -257,7 +257,7 @@ mod tests {
     fn an_audit_event_says_who_what_and_which() {
         let event = AuditEvent::new(
             OperatorAction::HeldRelease,
-            "iam-provisioner.held",
+            "iam-provisioner.holding",
             selection_of([("employee_id", Some("E-1".to_owned())), ("event_id", None)]),
             2,
             ["ev-1".to_owned(), "ev-2\n".to_owned()],

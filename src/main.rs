@@ -160,7 +160,7 @@ fn main() -> ExitCode {
     let logging = match cli.command {
         // Their errors are reported as their one line; the AMQP library's own log lines
         // about the same failure would only repeat it.
-        Command::Dlq(_) | Command::Replay(_) => {
+        Command::Dlq(_) | Command::Replay(_) | Command::Held(_) => {
             iam_provisioner::telemetry::init_with_default_filter("warn,lapin=off")
         }
         _ => iam_provisioner::telemetry::init(),
@@ -361,7 +361,7 @@ async fn audit_held(
             HeldAction::Release => OperatorAction::HeldRelease,
             HeldAction::Discard => OperatorAction::HeldDiscard,
         },
-        &format!("{}.held", args.work_queue),
+        &iam_provisioner::amqp::parking::ParkingNames::for_work_queue(&args.work_queue).held_queue,
         audit::selection_of([
             ("routing_key", args.routing_key.clone()),
             ("employee_id", args.employee_id.clone()),

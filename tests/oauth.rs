@@ -141,6 +141,10 @@ async fn tokens_that_expire_mid_run_are_renewed_without_a_failed_event() {
     // Two seconds: the client renews at 1.6 s, so a run of a few seconds crosses
     // several expiries.
     options.sim.access_token_lifetime = Duration::from_secs(2);
+    // The test hires as fast as the service goes until tokens renew: hundreds of hires in
+    // two seconds, past a workforce org's 600 createUser calls a minute. Renewal is what
+    // is tested here; rate limits have their own tests (tests/rate_limits.rs).
+    options.sim.rate_limit = None;
     let mut world = World::start_with("oauth-expiry", options).await;
 
     let events = hire_until(&mut world, "renew", |w| {

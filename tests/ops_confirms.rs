@@ -110,14 +110,14 @@ async fn held_release_keeps_the_held_removal_when_the_broker_refuses_its_copy() 
     // The service is stopped so that it does not take the filler.
     world.stop_service().await;
     let refuse = refuse_copies(&world).await;
-    let release = operator_command(&world.names, &["held", "release"]).await;
+    let release = operator_command(&world.names, &["held", "release", "--yes"]).await;
     assert_ne!(release.status.code(), Some(0), "{release:?}");
     depth_settles(&world, &parking.held_queue, 1, "the held removal stays").await;
     take_filler(&world).await;
 
     drop(refuse);
     world.restart_service().await;
-    let release = operator_command(&world.names, &["held", "release"]).await;
+    let release = operator_command(&world.names, &["held", "release", "--yes"]).await;
     assert_eq!(release.status.code(), Some(0), "{release:?}");
     depth_settles(
         &world,

@@ -34,6 +34,11 @@ async fn no_key_assertion_or_access_token_reaches_the_output_even_at_trace() {
             ],
         }],
         access_token_lifetime: Duration::from_secs(2),
+        // Hires as fast as the service goes until tokens renew: hundreds in a few seconds,
+        // past a workforce org's 600 createUser calls a minute, which would hold the
+        // leaver's search (same bucket) for the rest of the window. Secrets are tested
+        // here; rate limits in tests/rate_limits.rs.
+        rate_limit: None,
         ..SimConfig::default()
     })
     .await

@@ -508,7 +508,7 @@ async fn only_trusted_publishers_are_accepted_and_copies_carry_no_user_id_or_exp
 
     let dead = world.drain_dead_letters().await;
     assert_eq!(dead.len(), 3, "guest, anonymous and invalid");
-    let delay_queue = format!("{}.delay.1d", world.names.work_queue);
+    let delay_queue = format!("{}.parked.1d", world.names.work_queue);
     // Its outcome follows the confirm of the parked copy: the copy is there.
     let parked_copies = drain_queue(&world.channel, &delay_queue).await;
     assert_eq!(parked_copies.len(), 1);

@@ -23,7 +23,7 @@ use crate::amqp::publisher::DeliveredMessage;
 use crate::amqp::topology::TopologyNames;
 use crate::config::ConfigError;
 use crate::domain::event::{printable, Email, HrEvent, ValidationError};
-use crate::schedule::{SCHEDULED_FOR, SCHEDULED_KIND};
+use crate::schedule::{RECHECK_UNTIL, SCHEDULED_FOR, SCHEDULED_KIND};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::BasicProperties;
 use prometheus_client::metrics::counter::Counter;
@@ -42,10 +42,11 @@ pub const ORIGINAL_USER_ID: &str = "x-original-user-id";
 /// The service's own headers that relax a safety rule or change what is done; honoured
 /// only on deliveries that came back through the service's own exchanges. The replay
 /// marker (`x-replay-count`) is not among them: it only makes processing more careful.
-pub const OWN_ROUTE_HEADERS: [&str; 4] = [
+pub const OWN_ROUTE_HEADERS: [&str; 5] = [
     GUARD_BYPASS,
     SCHEDULED_KIND,
     SCHEDULED_FOR,
+    RECHECK_UNTIL,
     ORIGINAL_USER_ID,
 ];
 
@@ -204,7 +205,8 @@ pub fn replay_properties(properties: &BasicProperties) -> BasicProperties {
 }
 
 /// Whether the broker dead-lettered this message from a queue other than one of the
-/// delay queues (`<wq>.delay.<bucket>`, whose expiry is the service's own route back).
+/// delay queues (`<wq>.parked.<bucket>`, or `<wq>.delay.<bucket>` of earlier versions,
+/// whose expiry is the service's own route back).
 fn dead_lettered_raw(headers: Option<&FieldTable>) -> bool {
     let Some(AMQPValue::FieldArray(deaths)) = headers.and_then(|t| t.inner().get("x-death")) else {
         return false;
@@ -217,9 +219,10 @@ fn dead_lettered_raw(headers: Option<&FieldTable>) -> bool {
         return false;
     };
     let queue = headers::get_str(Some(latest), "queue").unwrap_or_default();
-    !crate::schedule::BUCKETS
-        .iter()
-        .any(|bucket| queue.ends_with(&format!(".delay.{}", bucket.name)))
+    !crate::schedule::BUCKETS.iter().any(|bucket| {
+        queue.ends_with(&format!(".parked.{}", bucket.name))
+            || queue.ends_with(&format!(".delay.{}", bucket.name))
+    })
 }
 
 /// The original publisher recorded on an admitted message.
@@ -706,6 +709,15 @@ mod tests {
         let h = replayed.headers().as_ref();
         assert_eq!(headers::get_str(h, SCHEDULED_KIND), Some("activation"));
         assert_eq!(headers::get_str(h, ORIGINAL_USER_ID), Some("hr"));
+        // The same from today's (quorum) delay queues.
+        let mut table = FieldTable::default();
+        headers::set_str(&mut table, SCHEDULED_KIND, "activation");
+        table.insert("x-death".into(), death("iam-provisioner.parked.1m"));
+        let replayed = replay_properties(&BasicProperties::default().with_headers(table));
+        assert_eq!(
+            headers::get_str(replayed.headers().as_ref(), SCHEDULED_KIND),
+            Some("activation")
+        );
         // No x-death at all: the service published it to the dead-letter exchange.
         let mut table = FieldTable::default();
         headers::set_str(&mut table, GUARD_BYPASS, "released");
