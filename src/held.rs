@@ -122,17 +122,45 @@ pub enum HeldError {
     Upgrade(#[from] crate::amqp::topology::TopologyError),
 }
 
+/// A `held` run that stopped on an error: what it had done by then (acted on and
+/// confirmed, so it stays done and must be audited), and why it stopped.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct HeldStopped {
+    /// The messages released or discarded before the error.
+    pub done: HeldReport,
+    #[source]
+    pub error: HeldError,
+}
+
 /// Releases or discards the selected held messages of `work_queue`.
 ///
 /// # Errors
-/// [`HeldError`]; whatever was acted on before the error stays done, the rest stays
-/// held.
+/// [`HeldStopped`]: whatever was acted on before the error stays done (and is in its
+/// `done`), the rest stays held.
 pub async fn run(
     amqp_url: &Secret,
     work_queue: &str,
     action: HeldAction,
     selection: &HeldSelection,
-) -> Result<HeldReport, HeldError> {
+) -> Result<HeldReport, HeldStopped> {
+    let mut report = HeldReport::default();
+    match run_into(amqp_url, work_queue, action, selection, &mut report).await {
+        Ok(()) => Ok(report),
+        Err(error) => Err(HeldStopped {
+            done: report,
+            error,
+        }),
+    }
+}
+
+async fn run_into(
+    amqp_url: &Secret,
+    work_queue: &str,
+    action: HeldAction,
+    selection: &HeldSelection,
+    report: &mut HeldReport,
+) -> Result<(), HeldError> {
     let names = ParkingNames::for_work_queue(work_queue);
     let connection = crate::amqp::connect(amqp_url.expose(), &format!("{work_queue} held"))
         .await
@@ -140,7 +168,7 @@ pub async fn run(
             url: redact_url_password(amqp_url.expose()),
             source,
         })?;
-    let result = act(&connection, &names, action, selection).await;
+    let result = act(&connection, &names, action, selection, report).await;
     let _ = connection.close(200, "held done".into()).await;
     result
 }
@@ -150,7 +178,8 @@ async fn act(
     names: &ParkingNames,
     action: HeldAction,
     selection: &HeldSelection,
-) -> Result<HeldReport, HeldError> {
+    report: &mut HeldReport,
+) -> Result<(), HeldError> {
     let channel = connection.create_channel().await?;
     channel
         .queue_declare(
@@ -185,7 +214,6 @@ async fn act(
         })?;
     // Only the results and dead-letter names are unused here: nothing is published there.
     let publisher = Publisher::open(connection, "", "").await?;
-    let mut report = HeldReport::default();
     for _ in 0..queue.message_count() {
         let Some(message) = channel
             .basic_get(
@@ -248,7 +276,7 @@ async fn act(
     publisher.close().await;
     // Closing returns every message not acknowledged to the hold queue.
     let _ = channel.close(200, "held done".into()).await;
-    Ok(report)
+    Ok(())
 }
 
 /// The `event_id` of a JSON body; `None` for anything else (a held message is one the

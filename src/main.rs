@@ -314,7 +314,18 @@ async fn run_held(command: HeldCommand) -> anyhow::Result<()> {
     } else {
         verb.to_owned()
     };
-    let report = held::run(&broker.amqp_url, &args.work_queue, action, &selection).await?;
+    let report = match held::run(&broker.amqp_url, &args.work_queue, action, &selection).await {
+        Ok(report) => report,
+        Err(stopped) => {
+            // What was released or discarded before the error stays done: audit it.
+            if !selection.dry_run && !stopped.done.selected.is_empty() {
+                if let Err(e) = audit_held(&broker, &args, action, &stopped.done, true).await {
+                    eprintln!("warning: the audit event was not published: {e:#}");
+                }
+            }
+            return Err(stopped.into());
+        }
+    };
     for message in &report.selected {
         println!(
             "{verb}: {} employee_id={} event_id={} message_id={} held_at={}",
@@ -341,7 +352,7 @@ async fn run_held(command: HeldCommand) -> anyhow::Result<()> {
         );
     }
     if !selection.dry_run {
-        audit_held(&broker, &args, action, &report).await?;
+        audit_held(&broker, &args, action, &report, false).await?;
     }
     Ok(())
 }
@@ -352,11 +363,12 @@ async fn audit_held(
     args: &HeldArgs,
     action: HeldAction,
     report: &held::HeldReport,
+    interrupted: bool,
 ) -> anyhow::Result<()> {
     use iam_provisioner::audit::{self, AuditEvent, OperatorAction};
     let time =
         |t: Option<time::OffsetDateTime>| t.map(iam_provisioner::domain::outcome::format_timestamp);
-    let event = AuditEvent::new(
+    let mut event = AuditEvent::new(
         match action {
             HeldAction::Release => OperatorAction::HeldRelease,
             HeldAction::Discard => OperatorAction::HeldDiscard,
@@ -378,6 +390,7 @@ async fn audit_held(
                 .unwrap_or_else(|| "-".to_owned())
         }),
     );
+    event.interrupted = interrupted;
     audit::publish(broker, &event).await?;
     Ok(())
 }
