@@ -52,7 +52,11 @@ impl Drop for TelemetryGuard {
 /// # Errors
 /// A message naming `LOG_FORMAT`, `RUST_LOG` or the `OTEL_*` variable that is invalid.
 pub fn init() -> Result<TelemetryGuard, String> {
-    init_with_default_filter("info")
+    // lapin logs every channel the broker closes at ERROR. The service sees those closes
+    // itself and reports the ones that matter (a lost session, a declaration conflict);
+    // the rest are expected, such as start-up's passive probes for the classic waiting
+    // rooms of earlier versions, and would cry wolf on every fresh start.
+    init_with_default_filter("info,lapin::channel=off")
 }
 
 /// Like [`init`], with another filter when `RUST_LOG` is unset: commands whose output is
