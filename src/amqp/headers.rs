@@ -2,6 +2,7 @@
 //! (publishers use different AMQP types for the same number), written in one way.
 
 use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::BasicProperties;
 
 /// `x-replay-count` of a replayed message.
 pub const REPLAY_COUNT: &str = "x-replay-count";
@@ -62,6 +63,51 @@ pub fn trace_context(headers: Option<&FieldTable>) -> FieldTable {
         }
     }
     carried
+}
+
+/// The properties of a copy the service publishes: the original's, without `user_id`
+/// (the broker refuses a `user_id` other than the publishing connection's, so a copy
+/// keeping it would fail forever) and without `expiration` (a publisher's TTL would let
+/// a dead letter, a parked removal or a held one silently expire).
+pub fn clean_properties(properties: &BasicProperties) -> BasicProperties {
+    let mut copy = BasicProperties::default();
+    if let Some(v) = properties.content_type() {
+        copy = copy.with_content_type(v.clone());
+    }
+    if let Some(v) = properties.content_encoding() {
+        copy = copy.with_content_encoding(v.clone());
+    }
+    if let Some(v) = properties.headers() {
+        copy = copy.with_headers(v.clone());
+    }
+    if let Some(v) = properties.delivery_mode() {
+        copy = copy.with_delivery_mode(*v);
+    }
+    if let Some(v) = properties.priority() {
+        copy = copy.with_priority(*v);
+    }
+    if let Some(v) = properties.correlation_id() {
+        copy = copy.with_correlation_id(v.clone());
+    }
+    if let Some(v) = properties.reply_to() {
+        copy = copy.with_reply_to(v.clone());
+    }
+    if let Some(v) = properties.message_id() {
+        copy = copy.with_message_id(v.clone());
+    }
+    if let Some(v) = properties.timestamp() {
+        copy = copy.with_timestamp(*v);
+    }
+    if let Some(v) = properties.kind() {
+        copy = copy.with_type(v.clone());
+    }
+    if let Some(v) = properties.app_id() {
+        copy = copy.with_app_id(v.clone());
+    }
+    if let Some(v) = properties.cluster_id() {
+        copy = copy.with_cluster_id(v.clone());
+    }
+    copy
 }
 
 #[cfg(test)]

@@ -289,37 +289,9 @@ fn carried_headers(properties: &BasicProperties) -> BTreeMap<ShortString, AMQPVa
 /// properties except `expiration` (a publisher's TTL would cut a wait short) and
 /// `user-id` (the broker checks it against the publishing connection's user).
 fn durable_copy(properties: &BasicProperties, headers: FieldTable) -> BasicProperties {
-    let mut copy = BasicProperties::default()
+    headers::clean_properties(properties)
         .with_headers(headers)
-        .with_delivery_mode(2);
-    if let Some(v) = properties.content_type() {
-        copy = copy.with_content_type(v.clone());
-    }
-    if let Some(v) = properties.content_encoding() {
-        copy = copy.with_content_encoding(v.clone());
-    }
-    if let Some(v) = properties.priority() {
-        copy = copy.with_priority(*v);
-    }
-    if let Some(v) = properties.correlation_id() {
-        copy = copy.with_correlation_id(v.clone());
-    }
-    if let Some(v) = properties.reply_to() {
-        copy = copy.with_reply_to(v.clone());
-    }
-    if let Some(v) = properties.message_id() {
-        copy = copy.with_message_id(v.clone());
-    }
-    if let Some(v) = properties.timestamp() {
-        copy = copy.with_timestamp(*v);
-    }
-    if let Some(v) = properties.kind() {
-        copy = copy.with_type(v.clone());
-    }
-    if let Some(v) = properties.app_id() {
-        copy = copy.with_app_id(v.clone());
-    }
-    copy
+        .with_delivery_mode(2)
 }
 
 /// The schedule a delivered message carries, if it was parked before and its headers
