@@ -18,11 +18,11 @@
 
 use std::time::{Duration, Instant};
 
+use iam_provisioner::config::secret::Secret;
 use iam_provisioner::okta::auth::{OktaAuth, ServiceApp, SigningKey};
 use iam_provisioner::okta::dpop::{access_token_hash, DpopKey};
 use iam_provisioner::okta::{OktaClient, OktaClientSettings};
 use iam_provisioner::okta_sim::{test_key_pair, KeyKind, OktaSim, SimConfig, SimOAuthClient};
-use iam_provisioner::secret::Secret;
 use reqwest::{Method, Url};
 use serde_json::json;
 

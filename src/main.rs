@@ -4,15 +4,15 @@
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use iam_provisioner::app::{Application, OktaEndpoint};
+use iam_provisioner::config::secret::Secret;
 use iam_provisioner::config::{OktaTarget, Settings};
-use iam_provisioner::dlq::cli as dlq;
 use iam_provisioner::domain::mapping::{GroupMapping, GroupTarget};
-use iam_provisioner::held::{self, HeldAction, HeldSelection};
-use iam_provisioner::mapping_check;
 use iam_provisioner::okta::groups::GroupDirectory;
 use iam_provisioner::okta::OktaClient;
 use iam_provisioner::okta_sim::{self, OktaSim, RateLimit, SimConfig};
-use iam_provisioner::secret::Secret;
+use iam_provisioner::ops::dlq::cli as dlq;
+use iam_provisioner::ops::held::{self, HeldAction, HeldSelection};
+use iam_provisioner::ops::mapping_check;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -224,7 +224,7 @@ fn mapped_group_names(mapping: &GroupMapping) -> Vec<String> {
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let settings = Settings::from_env(args.okta_sim)?;
-    iam_provisioner::pii::set_log_mode(settings.log_pii);
+    iam_provisioner::telemetry::pii::set_log_mode(settings.log_pii);
     if args.okta_sim && !args.okta_sim_allow_remote_broker {
         iam_provisioner::config::refuse_remote_broker_for_sim(&settings.amqp_url)?;
     }
@@ -365,7 +365,7 @@ async fn audit_held(
     report: &held::HeldReport,
     interrupted: bool,
 ) -> anyhow::Result<()> {
-    use iam_provisioner::audit::{self, AuditEvent, OperatorAction};
+    use iam_provisioner::ops::audit::{self, AuditEvent, OperatorAction};
     let time =
         |t: Option<time::OffsetDateTime>| t.map(iam_provisioner::domain::outcome::format_timestamp);
     let mut event = AuditEvent::new(

@@ -9,7 +9,7 @@ use common::*;
 use futures_util::StreamExt;
 use iam_provisioner::amqp::topology::{TopologyNames, PARTITION_KEY_HEADER};
 use iam_provisioner::okta_sim::{OktaSim, SimConfig, UserStatus};
-use iam_provisioner::pii::pseudonym;
+use iam_provisioner::telemetry::pii::pseudonym;
 use serde_json::json;
 
 #[tokio::test]

@@ -138,7 +138,7 @@ async fn the_classic_waiting_rooms_of_an_earlier_version_are_drained_into_the_ne
 
     // What an earlier version left: a removal parked in the classic 1-day queue (bound
     // to the delay exchange), and a removal held in the classic hold queue.
-    let legacy_delay = parking.legacy_delay_queue(&iam_provisioner::schedule::BUCKETS[0]);
+    let legacy_delay = parking.legacy_delay_queue(&iam_provisioner::domain::schedule::BUCKETS[0]);
     let channel = &world.channel;
     let durable = QueueDeclareOptions {
         durable: true,

@@ -33,10 +33,10 @@ fn tracing() -> &'static Tracing {
     static TRACING: OnceLock<Tracing> = OnceLock::new();
     TRACING.get_or_init(|| {
         let collector = Collector::start();
-        let provider =
-            iam_provisioner::otel::tracer_provider(&collector.traces_url).expect("provider");
+        let provider = iam_provisioner::telemetry::otel::tracer_provider(&collector.traces_url)
+            .expect("provider");
         tracing_subscriber::registry()
-            .with(iam_provisioner::otel::layer(&provider))
+            .with(iam_provisioner::telemetry::otel::layer(&provider))
             .init();
         Tracing {
             collector,

@@ -20,8 +20,8 @@
 use super::parking::{delay_binding, ParkingNames};
 use super::publisher::{PublishError, Publisher};
 use super::topology::{TopologyError, TopologyNames};
-use crate::metrics::PublishedMessage;
-use crate::schedule::BUCKETS;
+use crate::domain::schedule::BUCKETS;
+use crate::telemetry::metrics::PublishedMessage;
 use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 use lapin::Connection;

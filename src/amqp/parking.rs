@@ -27,11 +27,11 @@ use super::headers;
 use super::publisher::{DeliveredMessage, PublishError, Publisher};
 use super::topology::TopologyError;
 use crate::domain::outcome::format_timestamp;
-use crate::metrics::PublishedMessage;
-use crate::schedule::{
+use crate::domain::schedule::{
     DelayBucket, Scheduled, ScheduledKind, BUCKETS, DELAY_BUCKET, RECHECK_UNTIL, SCHEDULED_FOR,
     SCHEDULED_KIND,
 };
+use crate::telemetry::metrics::PublishedMessage;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, ExchangeKind};

@@ -10,8 +10,8 @@
 
 use super::{headers, trace};
 use crate::domain::outcome::{format_timestamp, Failure, Outcome};
-use crate::health::Health;
-use crate::metrics::{Metrics, PublishResult, PublishedMessage};
+use crate::http::Health;
+use crate::telemetry::metrics::{Metrics, PublishResult, PublishedMessage};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionStatus};

@@ -89,7 +89,7 @@ impl TopologyNames {
     /// The leavers lane: `<work queue>.leavers`, a second queue bound to the input
     /// exchange for `employee.removed` only, so that a removal never waits behind a
     /// backlog of hires. The work queue keeps its `employee.*` binding (contract §1), so
-    /// every removal published there is in both queues; see `crate::lanes`.
+    /// every removal published there is in both queues; see `crate::pipeline::lanes`.
     pub fn leavers_queue(&self) -> String {
         format!("{}.leavers", self.work_queue)
     }

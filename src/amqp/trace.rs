@@ -61,7 +61,7 @@ pub fn extract_parent(headers: Option<&FieldTable>) -> Context {
 /// The CONSUMER span of one delivery, child of the context in its headers. Its
 /// `event_id` and `event_type` fields also label every log line written inside it.
 pub fn consumer_span(message: &DeliveredMessage, event_id: Option<&str>) -> tracing::Span {
-    let event_type = crate::metrics::event_type_label(&message.routing_key);
+    let event_type = crate::telemetry::metrics::event_type_label(&message.routing_key);
     let span = tracing::info_span!(
         "process",
         otel.kind = "consumer",

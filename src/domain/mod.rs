@@ -8,3 +8,4 @@ pub mod mapping;
 pub mod outcome;
 pub mod partition;
 pub mod plan;
+pub mod schedule;

@@ -11,9 +11,9 @@ use super::auth::{self, Authorizer, OktaAuth};
 use super::error::{ApiError, OktaError};
 use super::pacing::{endpoint_of, BucketReport, Pacer};
 use super::search;
+use crate::config::secret::Secret;
 use crate::domain::plan::AccountStatus;
-use crate::metrics::Metrics;
-use crate::secret::Secret;
+use crate::telemetry::metrics::Metrics;
 #[cfg(test)]
 use reqwest::header::HeaderValue;
 use reqwest::header::{HeaderMap, AUTHORIZATION};

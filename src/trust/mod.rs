@@ -23,7 +23,7 @@ use crate::amqp::publisher::DeliveredMessage;
 use crate::amqp::topology::TopologyNames;
 use crate::config::ConfigError;
 use crate::domain::event::{printable, Email, HrEvent, ValidationError};
-use crate::schedule::{RECHECK_UNTIL, SCHEDULED_FOR, SCHEDULED_KIND};
+use crate::domain::schedule::{RECHECK_UNTIL, SCHEDULED_FOR, SCHEDULED_KIND};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::BasicProperties;
 use prometheus_client::metrics::counter::Counter;
@@ -175,7 +175,7 @@ fn dead_lettered_raw(headers: Option<&FieldTable>) -> bool {
         return false;
     };
     let queue = headers::get_str(Some(latest), "queue").unwrap_or_default();
-    !crate::schedule::BUCKETS.iter().any(|bucket| {
+    !crate::domain::schedule::BUCKETS.iter().any(|bucket| {
         queue.ends_with(&format!(".parked.{}", bucket.name))
             || queue.ends_with(&format!(".delay.{}", bucket.name))
     })

@@ -13,7 +13,7 @@
 //! - Whichever twin settles first (its outcome confirmed) does the work and reports it;
 //!   the later one is acknowledged without an Okta call or an outcome
 //!   ([`Admission::TwinSettled`]). Twins share their employee's ordering keys, so the
-//!   [`Sequencer`](crate::sequencer::Sequencer) never runs them at once and the later
+//!   [`Sequencer`](crate::pipeline::sequencer::Sequencer) never runs them at once and the later
 //!   one always sees the first one's record.
 //! - A removal carried out on the leavers lane has overtaken the events published
 //!   before it that still wait in the work queue. Its twin in the work queue marks

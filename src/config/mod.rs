@@ -1,15 +1,17 @@
 //! Configuration from the environment (contract section 5), validated completely before
 //! anything connects: a mistake stops start-up with one line naming the variable.
 
+pub mod secret;
+
 use crate::amqp::topology::{QueueType, TopologyNames};
+use crate::config::secret::Secret;
 use crate::domain::mapping::{GroupMapping, MappingError};
 use crate::domain::partition::{index_from_host_name, ReplicaSlot};
 use crate::domain::plan::OffboardingMode;
-use crate::guard::GuardLimits;
 use crate::okta::auth::{OktaAuth, ServiceApp, SigningKey, DEFAULT_SCOPES};
 use crate::okta::OktaClientSettings;
-use crate::retry::RetryPolicy;
-use crate::secret::Secret;
+use crate::pipeline::guard::GuardLimits;
+use crate::pipeline::retry::RetryPolicy;
 use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -251,7 +253,7 @@ pub struct Settings {
     /// is checked again (Okta's search lags writes); zero: never.
     pub removal_recheck: Duration,
     /// `LOG_PII`: whether log lines show employee ids and emails or their pseudonyms.
-    pub log_pii: crate::pii::LogPii,
+    pub log_pii: crate::telemetry::pii::LogPii,
     /// `TRUSTED_PUBLISHERS`, `ALLOWED_EMAIL_DOMAINS`, `PROTECTED_*` (see `crate::trust`).
     pub trust: crate::trust::TrustSettings,
 }
@@ -399,7 +401,7 @@ impl Settings {
             guard_limits(raw.offboarding_guard_max, raw.offboarding_guard_window)?;
         let activation_time = match raw.activation_time_of_day.as_deref() {
             None => time::Time::MIDNIGHT,
-            Some(value) => crate::schedule::parse_time_of_day(value).ok_or_else(|| {
+            Some(value) => crate::domain::schedule::parse_time_of_day(value).ok_or_else(|| {
                 invalid(
                     "ACTIVATION_TIME_OF_DAY",
                     format!("not a time of day like 06:00 or 06:00:00 (UTC): {value:?}"),
@@ -472,7 +474,7 @@ const MAX_REMOVAL_RECHECK_SECS: u64 = 86_400;
 /// `REMOVAL_RECHECK_SECS`: whole seconds, 0 to [`MAX_REMOVAL_RECHECK_SECS`].
 fn removal_recheck(value: Option<&str>) -> Result<Duration, ConfigError> {
     let Some(value) = value else {
-        return Ok(crate::deferral::DEFAULT_REMOVAL_RECHECK);
+        return Ok(crate::pipeline::deferral::DEFAULT_REMOVAL_RECHECK);
     };
     match value.trim().parse::<u64>() {
         Ok(secs) if secs <= MAX_REMOVAL_RECHECK_SECS => Ok(Duration::from_secs(secs)),
@@ -813,10 +815,10 @@ pub fn refuse_remote_broker_for_sim(amqp_url: &Secret) -> Result<(), ConfigError
 }
 
 /// `LOG_PII`: `full` (the default) or `minimal`.
-fn log_pii(value: Option<&str>) -> Result<crate::pii::LogPii, ConfigError> {
+fn log_pii(value: Option<&str>) -> Result<crate::telemetry::pii::LogPii, ConfigError> {
     match value {
-        None => Ok(crate::pii::LogPii::Full),
-        Some(text) => crate::pii::LogPii::parse(text).ok_or_else(|| {
+        None => Ok(crate::telemetry::pii::LogPii::Full),
+        Some(text) => crate::telemetry::pii::LogPii::parse(text).ok_or_else(|| {
             invalid(
                 "LOG_PII",
                 format!("unknown mode {text:?} (use full or minimal)"),
@@ -1530,11 +1532,11 @@ mod tests {
     #[test]
     fn log_pii_is_full_or_minimal() {
         let settings = Settings::from_vars(vars(&OKTA), false).expect("valid");
-        assert_eq!(settings.log_pii, crate::pii::LogPii::Full);
+        assert_eq!(settings.log_pii, crate::telemetry::pii::LogPii::Full);
         let mut pairs = OKTA.to_vec();
         pairs.push(("LOG_PII", "minimal"));
         let settings = Settings::from_vars(vars(&pairs), false).expect("valid");
-        assert_eq!(settings.log_pii, crate::pii::LogPii::Minimal);
+        assert_eq!(settings.log_pii, crate::telemetry::pii::LogPii::Minimal);
         pairs.pop();
         pairs.push(("LOG_PII", "none"));
         assert!(error(&pairs, false).starts_with("LOG_PII:"));

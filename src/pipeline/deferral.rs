@@ -14,9 +14,9 @@ use crate::domain::event::printable;
 use crate::domain::event::{EventBody, HrEvent};
 use crate::domain::outcome::{format_timestamp, ErrorKind, Failure, Outcome, OutcomeStatus};
 use crate::domain::plan::Action;
-use crate::guard::{GuardLimits, OffboardingGuard};
-use crate::provisioner::{Purpose, Report};
-use crate::schedule::{self, Scheduled, ScheduledKind};
+use crate::domain::schedule::{self, Scheduled, ScheduledKind};
+use crate::pipeline::guard::{GuardLimits, OffboardingGuard};
+use crate::pipeline::provisioner::{Purpose, Report};
 use std::time::Duration;
 use time::{OffsetDateTime, Time};
 
@@ -289,7 +289,7 @@ impl Deferral {
         let employee_id = event.employee_id().map(|i| i.as_str());
         tracing::error!(
             event_id = event.event_id.as_str(),
-            employee_id = employee_id.map(crate::pii::for_log).as_deref(),
+            employee_id = employee_id.map(crate::telemetry::pii::for_log).as_deref(),
             max = limits.max,
             window_s = limits.window.as_secs(),
             held_queue = %self.names.held_queue,

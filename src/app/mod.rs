@@ -6,23 +6,25 @@
 //! unfinished deliveries are left to the broker, and a new session connects with backoff
 //! and declares the topology again.
 
+pub mod mapping_reload;
+
 use crate::amqp::intake::{Intake, LOCK_RETRY};
 use crate::amqp::publisher::{DeliveredMessage, Publisher, SessionLink};
 use crate::amqp::topology::{self, TopologyError, TopologyNames};
+use crate::config::secret::{redact_url_password, Secret};
 use crate::config::{Partitioning, Settings};
-use crate::deferral::Deferral;
 use crate::domain::mapping::GroupMapping;
 use crate::domain::partition::preferred_partitions;
-use crate::health::{self, Health};
-use crate::lanes::{Lane, Lanes};
-use crate::metrics::{self, Metrics, MetricsRegistry};
+use crate::http::{self, Health};
 use crate::okta::groups::GroupDirectory;
 use crate::okta::{OktaAuth, OktaClient};
-use crate::outage::OktaCircuit;
-use crate::provisioner::{Provisioner, SharedMapping};
-use crate::secret::{redact_url_password, Secret};
-use crate::sequencer::Sequencer;
-use crate::worker::{Job, Worker};
+use crate::pipeline::circuit::OktaCircuit;
+use crate::pipeline::deferral::Deferral;
+use crate::pipeline::lanes::{Lane, Lanes};
+use crate::pipeline::provisioner::{Provisioner, SharedMapping};
+use crate::pipeline::sequencer::Sequencer;
+use crate::pipeline::worker::{Job, Worker};
+use crate::telemetry::metrics::{self, Metrics, MetricsRegistry};
 use backon::BackoffBuilder;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
@@ -175,7 +177,7 @@ impl Application {
                 .with_removal_recheck(settings.removal_recheck),
                 // Partitioned, per-employee order across replicas comes from the
                 // partitions, which the leavers lane would bypass: its copies are only
-                // drained there (see `crate::lanes`).
+                // drained there (see `crate::pipeline::lanes`).
                 lanes: match settings.partitioning {
                     None => Lanes::new(&settings.topology.input_exchange),
                     Some(_) => Lanes::draining(&settings.topology.input_exchange),
@@ -213,7 +215,7 @@ impl Application {
             stop.clone(),
         ));
         let reload = self.settings.mapping_file.clone().map(|path| {
-            tokio::spawn(crate::mapping_reload::watch(
+            tokio::spawn(crate::app::mapping_reload::watch(
                 path,
                 self.settings.mapping_poll,
                 Arc::clone(&self.worker.provisioner),
@@ -1016,7 +1018,7 @@ async fn serve_http(
     registry: Arc<MetricsRegistry>,
     stop: CancellationToken,
 ) {
-    let app = health::router(health).merge(metrics::router(registry));
+    let app = http::router(health).merge(metrics::router(registry));
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await;

@@ -8,8 +8,8 @@
 use super::ops::{DeadLetterQueue, Disposal, DlqError, Interrupted, Walk};
 use super::report::{self, GroupBy, Progress};
 use super::selection::{Filter, Selection};
-use crate::audit::{self, AuditError, AuditEvent, OperatorAction};
 use crate::config::{BrokerSettings, ConfigError};
+use crate::ops::audit::{self, AuditError, AuditEvent, OperatorAction};
 use clap::{Args, Subcommand};
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};

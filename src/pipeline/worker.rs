@@ -10,19 +10,19 @@
 
 use crate::amqp::publisher::{DeliveredMessage, PublishError, Publisher};
 use crate::amqp::{headers, trace};
-use crate::deferral::{Deferral, Gate};
 use crate::domain::event::{
     parse_message_bounded, printable, EventType, HrEvent, RawMessage, ValidationContext,
     ValidationError, DEFAULT_MAX_MESSAGE_BYTES,
 };
 use crate::domain::outcome::{ErrorKind, Failure, Outcome, OutcomeStatus};
-use crate::lanes::{Admission, Lane, Lanes, Settlement};
-use crate::metrics::Metrics;
 use crate::okta::{pacing, OktaError};
-use crate::outage::OktaCircuit;
-use crate::provisioner::{DeliveryFacts, ProvisionError, Provisioner, Purpose, Report};
-use crate::retry::RetryPolicy;
-use crate::sequencer::Turn;
+use crate::pipeline::circuit::OktaCircuit;
+use crate::pipeline::deferral::{Deferral, Gate};
+use crate::pipeline::lanes::{Admission, Lane, Lanes, Settlement};
+use crate::pipeline::provisioner::{DeliveryFacts, ProvisionError, Provisioner, Purpose, Report};
+use crate::pipeline::retry::RetryPolicy;
+use crate::pipeline::sequencer::Turn;
+use crate::telemetry::metrics::Metrics;
 use crate::trust::Trust;
 use lapin::options::BasicAckOptions;
 use lapin::types::FieldTable;
@@ -341,7 +341,7 @@ impl Worker {
             event_id = event_id.as_deref().map(printable),
             event_type = printable(&message.routing_key),
             error_kind = "validation",
-            reason = %crate::pii::scrub_for_log(
+            reason = %crate::telemetry::pii::scrub_for_log(
                 &failure.message,
                 &[context.employee_id.as_deref(), context.email.as_deref()]
             ),
@@ -490,7 +490,7 @@ impl Worker {
                     okta_error_code = failure.okta_error_code.as_deref(),
                     okta_request_id = failure.okta_request_id.as_deref(),
                     attempt,
-                    error = %crate::pii::scrub_event(&failure.message, event),
+                    error = %crate::telemetry::pii::scrub_event(&failure.message, event),
                     "event failed; dead-lettered"
                 );
                 let outcome = outcome_for(
@@ -532,7 +532,7 @@ impl Worker {
                 attempt,
                 retry_in_ms = shown_delay,
                 waiting_for_okta = matches!(next, Next::RetryWhenOktaAnswers),
-                error = %crate::pii::scrub_event(&failure.message, event),
+                error = %crate::telemetry::pii::scrub_event(&failure.message, event),
                 "event will be retried"
             );
             let outcome = outcome_for(

@@ -19,9 +19,9 @@
 
 use crate::domain::event::EventType;
 use crate::domain::outcome::ErrorKind;
-use crate::health::Health;
-use crate::lanes::Lane;
-use crate::provisioner::Provisioner;
+use crate::http::Health;
+use crate::pipeline::lanes::Lane;
+use crate::pipeline::provisioner::Provisioner;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
@@ -290,7 +290,7 @@ impl Metrics {
     }
 
     /// A delivery arrived that may be the later copy of a removal routed to both lanes
-    /// (`crate::lanes`): held in the in-flight gauge at once, counted as consumed only
+    /// (`crate::pipeline::lanes`): held in the in-flight gauge at once, counted as consumed only
     /// by [`DeliveryTimer::count_consumed`] once it is known to be processed.
     pub fn delivery_arrived(&self, routing_key: &str) -> DeliveryTimer {
         self.families.deliveries_in_flight.inc();
@@ -513,7 +513,7 @@ impl Collector for ScrapedState {
     }
 }
 
-/// What the broker does to publishing (`crate::health`'s broker state): a blocked
+/// What the broker does to publishing (`crate::http`'s broker state): a blocked
 /// connection, refused publishes waiting, publishes not confirmed, sessions lost.
 fn encode_broker_state(
     encoder: &mut DescriptorEncoder,

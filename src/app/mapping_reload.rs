@@ -6,7 +6,7 @@
 //! next hires find them cached.
 
 use crate::domain::mapping::GroupMapping;
-use crate::provisioner::Provisioner;
+use crate::pipeline::provisioner::Provisioner;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,8 +1,12 @@
 //! Logging and tracing set-up: `RUST_LOG` filters the logs (default `info`),
 //! `LOG_FORMAT` picks `json` or `text` (text by default). Logs go to standard error, leaving standard
 //! output to commands that print results. When the environment asks for it (see
-//! [`crate::otel`]), spans are also exported with OpenTelemetry; the returned guard
+//! [`crate::telemetry::otel`]), spans are also exported with OpenTelemetry; the returned guard
 //! flushes them on shutdown.
+
+pub mod metrics;
+pub mod otel;
+pub mod pii;
 
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use std::io::IsTerminal;
@@ -90,8 +94,8 @@ pub fn init_with_default_filter(default_filter: &str) -> Result<TelemetryGuard, 
             ))
         }
     };
-    let provider = crate::otel::tracer_provider_from_env().map_err(|e| e.to_string())?;
-    let traces = provider.as_ref().map(crate::otel::layer);
+    let provider = crate::telemetry::otel::tracer_provider_from_env().map_err(|e| e.to_string())?;
+    let traces = provider.as_ref().map(crate::telemetry::otel::layer);
     // RUST_LOG filters the logs only: spans are exported whatever the log level (the
     // OpenTelemetry layer has its own filter), so quieter logs never break a trace.
     tracing_subscriber::registry()

@@ -55,7 +55,7 @@ pub struct DeliveryFacts {
     /// Why the event runs now (see `deferral.rs`).
     pub purpose: Purpose,
     /// A hire published before a removal of the same employee that has already been
-    /// carried out (the leavers lane overtook it, see `crate::lanes`): the account must
+    /// carried out (the leavers lane overtook it, see `crate::pipeline::lanes`): the account must
     /// end offboarded, as publication order leaves it, and never be enabled on the way.
     pub overtaken_by_removal: bool,
 }
