@@ -13,6 +13,7 @@ use iam_provisioner::okta_sim::{self, OktaSim, RateLimit, SimConfig};
 use iam_provisioner::ops::dlq::cli as dlq;
 use iam_provisioner::ops::held::{self, HeldAction, HeldSelection};
 use iam_provisioner::ops::mapping_check;
+use iam_provisioner::ops::walker::OpsBroker;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -183,8 +184,12 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run(args) => run(args).await,
             Command::OktaSim(args) => run_sim(args).await,
-            Command::Dlq(command) => Ok(dlq::run_dlq(command).await?),
-            Command::Replay(args) => Ok(dlq::replay(args).await?),
+            Command::Dlq(command) => {
+                Ok(dlq::run_dlq(command, &ops_broker()?, shutdown_signal()).await?)
+            }
+            Command::Replay(args) => {
+                Ok(dlq::replay(args, &ops_broker()?, shutdown_signal()).await?)
+            }
             Command::Held(command) => run_held(command).await,
             Command::Mapping(MappingCommand::Check) => run_mapping_check().await,
         }
@@ -296,7 +301,7 @@ async fn run_held(command: HeldCommand) -> anyhow::Result<()> {
             "--amqp-url is not accepted: set AMQP_URL (and AMQP_PASSWORD_FILE) in the environment, so the password stays out of shell history and ps"
         );
     }
-    let broker = iam_provisioner::config::BrokerSettings::from_env()?;
+    let broker = ops_broker()?;
     // Without --yes, only look: as `dlq purge` does, but refusing, since the operator
     // asked for an action that was not carried out.
     let refused = !args.dry_run && !args.yes;
@@ -314,7 +319,15 @@ async fn run_held(command: HeldCommand) -> anyhow::Result<()> {
     } else {
         verb.to_owned()
     };
-    let report = match held::run(&broker.amqp_url, &args.work_queue, action, &selection).await {
+    let report = match held::run(
+        &broker,
+        &args.work_queue,
+        action,
+        &selection,
+        shutdown_signal(),
+    )
+    .await
+    {
         Ok(report) => report,
         Err(stopped) => {
             // What was released or discarded before the error stays done: audit it.
@@ -357,9 +370,21 @@ async fn run_held(command: HeldCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The broker settings of the operator commands, read from the environment and handed
+/// to them as plain values.
+fn ops_broker() -> anyhow::Result<OpsBroker> {
+    let settings = iam_provisioner::config::BrokerSettings::from_env()?;
+    let url = settings.amqp_url.expose();
+    Ok(OpsBroker::new(
+        url,
+        iam_provisioner::config::secret::redact_url_password(url),
+        settings.topology,
+    ))
+}
+
 /// The audit event of a `held release|discard --yes` that ran.
 async fn audit_held(
-    broker: &iam_provisioner::config::BrokerSettings,
+    broker: &OpsBroker,
     args: &HeldArgs,
     action: HeldAction,
     report: &held::HeldReport,

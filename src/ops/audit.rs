@@ -13,10 +13,9 @@
 //! docs/security-operations.md).
 
 use crate::amqp::publisher::{PublishError, Publisher};
-use crate::config::secret::redact_url_password;
-use crate::config::BrokerSettings;
 use crate::domain::event::printable;
 use crate::domain::outcome::format_timestamp;
+use crate::ops::walker::OpsBroker;
 use crate::telemetry::metrics::PublishedMessage;
 use lapin::types::ShortString;
 use lapin::BasicProperties;
@@ -198,25 +197,25 @@ pub enum AuditError {
     },
 }
 
-/// Publishes `event` on the results exchange of `settings` and waits for the broker's
+/// Publishes `event` on the results exchange of `broker` and waits for the broker's
 /// confirm, on a connection of its own (the command's is closed by then).
 ///
 /// # Errors
 /// [`AuditError`]; the caller reports it and exits non-zero, so an unaudited action is
 /// noticed.
-pub async fn publish(settings: &BrokerSettings, event: &AuditEvent) -> Result<(), AuditError> {
-    let connection = crate::amqp::connect(settings.amqp_url.expose(), "audit")
+pub async fn publish(broker: &OpsBroker, event: &AuditEvent) -> Result<(), AuditError> {
+    let connection = crate::amqp::connect(broker.url(), "audit")
         .await
         .map_err(|source| AuditError::Connect {
-            url: redact_url_password(settings.amqp_url.expose()),
+            url: broker.shown_url().to_owned(),
             source,
         })?;
     let result = async {
-        let publisher = Publisher::open(&connection, &settings.topology.results_exchange, "")
+        let publisher = Publisher::open(&connection, &broker.topology.results_exchange, "")
             .await
             .map_err(AuditError::Channel)?;
         let mut event = event.clone();
-        event.operator.broker_user = url::Url::parse(settings.amqp_url.expose())
+        event.operator.broker_user = url::Url::parse(broker.url())
             .ok()
             .map(|url| printable(url.username()))
             .filter(|user| !user.is_empty());
@@ -230,7 +229,7 @@ pub async fn publish(settings: &BrokerSettings, event: &AuditEvent) -> Result<()
         let published = publisher
             .publish(
                 PublishedMessage::Outcome,
-                &settings.topology.results_exchange,
+                &broker.topology.results_exchange,
                 event.routing_key(),
                 &body,
                 properties,

@@ -1,13 +1,13 @@
 //! `iam-provisioner held release|discard`: what an operator does with removals the
 //! offboarding guard held (`<work queue>.holding`).
 //!
-//! The hold queue is read with `basic.get` up to the number of messages it had when the
-//! command started. A selected message is released — re-published to the work queue
-//! through `<work queue>.retry`, under its event type, with a header that lets it past
-//! the guard — and acknowledged only after the broker confirmed the copy; or discarded
-//! (acknowledged). Messages not selected are returned to the queue when the channel
-//! closes. A crash in between loses nothing; a duplicate release is harmless (offboarding
-//! converges).
+//! The hold queue is walked by [`crate::ops::walker`], as the dead-letter queue is: up to
+//! the number of messages it had when the command started. What is particular to `held`
+//! is here: a selected message is released — its released copy re-published to the work
+//! queue through `<work queue>.retry`, under its event type, with a header that lets it
+//! past the guard — and acknowledged only after the broker confirmed the copy; or
+//! discarded (acknowledged). Messages not selected return to the queue. A crash in
+//! between loses nothing; a duplicate release is harmless (offboarding converges).
 //!
 //! The filters are `replay`'s where they apply to a message that has not failed:
 //! routing key, employee id, event id, a time window (on when it was held rather than
@@ -15,10 +15,10 @@
 
 use crate::amqp::headers;
 use crate::amqp::parking::{self, ParkingNames};
-use crate::amqp::publisher::{PublishError, Publisher};
-use crate::config::secret::{redact_url_password, Secret};
-use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use crate::amqp::publisher::PublishError;
+use crate::ops::walker::{BrokerError, OpsBroker, QueueWalker, Step, WalkError, WalkRules};
+use lapin::message::Delivery;
+use std::future::Future;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
@@ -104,6 +104,8 @@ pub enum HeldError {
         #[source]
         source: lapin::Error,
     },
+    #[error("cannot connect to the broker at {url}: no answer within {}s", crate::ops::walker::CONNECT_TIMEOUT.as_secs())]
+    ConnectTimeout { url: String },
     #[error(
         "hold queue '{queue}' is not there (has the service run with this WORK_QUEUE?): {source}"
     )]
@@ -120,6 +122,32 @@ pub enum HeldError {
     Publish(#[from] PublishError),
     #[error(transparent)]
     Upgrade(#[from] crate::amqp::topology::TopologyError),
+    #[error("stopped by the operator; what was not done stays held")]
+    Stopped,
+}
+
+impl From<BrokerError> for HeldError {
+    fn from(error: BrokerError) -> Self {
+        match error {
+            BrokerError::Connect { url, source } => HeldError::Connect { url, source },
+            BrokerError::ConnectTimeout { url } => HeldError::ConnectTimeout { url },
+            BrokerError::Queue { queue, source } => HeldError::NoQueue { queue, source },
+            BrokerError::Broker { source, .. } => HeldError::Broker(source),
+            BrokerError::Topology(error) => HeldError::Upgrade(error),
+        }
+    }
+}
+
+impl From<WalkError<HeldMessage, HeldError>> for HeldError {
+    fn from(error: WalkError<HeldMessage, HeldError>) -> Self {
+        match error {
+            WalkError::Broker(error) => error.into(),
+            WalkError::Refused { source, .. } => HeldError::Publish(source),
+            WalkError::Remove { source, .. } => HeldError::Broker(source),
+            WalkError::Rule(error) => error,
+            WalkError::Stopped => HeldError::Stopped,
+        }
+    }
 }
 
 /// A `held` run that stopped on an error: what it had done by then (acted on and
@@ -133,150 +161,134 @@ pub struct HeldStopped {
     pub error: HeldError,
 }
 
-/// Releases or discards the selected held messages of `work_queue`.
+/// Releases or discards the selected held messages of `work_queue` on `broker`, until
+/// done or `stop` (the operator's Ctrl-C).
 ///
 /// # Errors
 /// [`HeldStopped`]: whatever was acted on before the error stays done (and is in its
 /// `done`), the rest stays held.
 pub async fn run(
-    amqp_url: &Secret,
+    broker: &OpsBroker,
     work_queue: &str,
     action: HeldAction,
     selection: &HeldSelection,
+    stop: impl Future<Output = ()>,
 ) -> Result<HeldReport, HeldStopped> {
-    let mut report = HeldReport::default();
-    match run_into(amqp_url, work_queue, action, selection, &mut report).await {
-        Ok(()) => Ok(report),
-        Err(error) => Err(HeldStopped {
-            done: report,
-            error,
+    let stopped = |done, error| HeldStopped { done, error };
+    let walker = QueueWalker::connect(broker, &format!("{work_queue} held"))
+        .await
+        .map_err(|e| stopped(HeldReport::default(), e.into()))?;
+    let names = ParkingNames::for_work_queue(work_queue);
+    let result = walk(&walker, &names, action, selection, stop).await;
+    walker.close().await;
+    result
+}
+
+async fn walk(
+    walker: &QueueWalker,
+    names: &ParkingNames,
+    action: HeldAction,
+    selection: &HeldSelection,
+    stop: impl Future<Output = ()>,
+) -> Result<HeldReport, HeldStopped> {
+    let stopped = |error: HeldError| HeldStopped {
+        done: HeldReport::default(),
+        error,
+    };
+    walker
+        .depth(&names.held_queue)
+        .await
+        .map_err(|e| stopped(e.into()))?;
+    // Removals an older replica held in the classic hold queue are moved first
+    // (confirmed, ack-last), so that a rolling upgrade hides none of them.
+    crate::amqp::migration::migrate_legacy_hold_queue(walker.connection(), names.work_queue())
+        .await
+        .map_err(|e| stopped(e.into()))?;
+    let mut rules = HeldRules {
+        names,
+        action,
+        selection,
+        taken: 0,
+    };
+    let report = |walk: crate::ops::walker::Walk<HeldMessage>| HeldReport {
+        kept: usize::try_from(walk.scanned - walk.done).unwrap_or(usize::MAX),
+        selected: walk.messages,
+    };
+    // Copies need no topology declared: the retry exchange is the service's own.
+    match walker
+        .walk(&names.held_queue, None, &mut rules, |_| {}, stop)
+        .await
+    {
+        Ok(walk) => Ok(report(walk)),
+        Err(interrupted) => Err(HeldStopped {
+            done: report(interrupted.walk),
+            error: interrupted.error.into(),
         }),
     }
 }
 
-async fn run_into(
-    amqp_url: &Secret,
-    work_queue: &str,
+/// Selects with the operator's filters, up to the limit, looking at every message (so
+/// that the summary can say how many stay held); a selected message is listed (dry
+/// run), released or discarded.
+struct HeldRules<'a> {
+    names: &'a ParkingNames,
     action: HeldAction,
-    selection: &HeldSelection,
-    report: &mut HeldReport,
-) -> Result<(), HeldError> {
-    let names = ParkingNames::for_work_queue(work_queue);
-    let connection = crate::amqp::connect(amqp_url.expose(), &format!("{work_queue} held"))
-        .await
-        .map_err(|source| HeldError::Connect {
-            url: redact_url_password(amqp_url.expose()),
-            source,
-        })?;
-    let result = act(&connection, &names, action, selection, report).await;
-    let _ = connection.close(200, "held done".into()).await;
-    result
+    selection: &'a HeldSelection,
+    /// Messages selected so far.
+    taken: usize,
 }
 
-async fn act(
-    connection: &lapin::Connection,
-    names: &ParkingNames,
-    action: HeldAction,
-    selection: &HeldSelection,
-    report: &mut HeldReport,
-) -> Result<(), HeldError> {
-    let channel = connection.create_channel().await?;
-    channel
-        .queue_declare(
-            names.held_queue.as_str().into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|source| HeldError::NoQueue {
-            queue: names.held_queue.clone(),
-            source,
-        })?;
-    // Removals an older replica held in the classic hold queue are moved first
-    // (confirmed, ack-last), so that a rolling upgrade hides none of them.
-    crate::amqp::migration::migrate_legacy_hold_queue(connection, names.work_queue()).await?;
-    let queue = channel
-        .queue_declare(
-            names.held_queue.as_str().into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|source| HeldError::NoQueue {
-            queue: names.held_queue.clone(),
-            source,
-        })?;
-    // Only the results and dead-letter names are unused here: nothing is published there.
-    let publisher = Publisher::open(connection, "", "").await?;
-    for _ in 0..queue.message_count() {
-        let Some(message) = channel
-            .basic_get(
-                names.held_queue.as_str().into(),
-                BasicGetOptions { no_ack: false },
-            )
-            .await?
-        else {
-            break;
-        };
-        let table = message.delivery.properties.headers().as_ref();
+impl WalkRules for HeldRules<'_> {
+    type Message = HeldMessage;
+    type Error = HeldError;
+
+    fn step(
+        &mut self,
+        _position: u64,
+        delivery: &Delivery,
+    ) -> Result<Step<HeldMessage>, HeldError> {
+        let table = delivery.properties.headers().as_ref();
         let held = HeldMessage {
             routing_key: headers::get_str(table, parking::ORIGINAL_ROUTING_KEY)
                 .unwrap_or_default()
                 .to_owned(),
             employee_id: headers::get_str(table, parking::EMPLOYEE_ID).map(str::to_owned),
-            event_id: event_id_of(&message.delivery.data),
-            message_id: message
-                .delivery
+            event_id: event_id_of(&delivery.data),
+            message_id: delivery
                 .properties
                 .message_id()
                 .as_ref()
                 .map(|m| m.to_string()),
             held_at: headers::get_str(table, parking::HELD_AT).map(str::to_owned),
         };
-        let room = selection
-            .limit
-            .is_none_or(|limit| report.selected.len() < limit);
-        let routing_key = (!held.routing_key.is_empty()).then_some(held.routing_key.as_str());
-        if !room || !selection.matches(&held) {
-            report.kept += 1;
-            continue;
+        let room = self.selection.limit.is_none_or(|limit| self.taken < limit);
+        if !room || !self.selection.matches(&held) {
+            return Ok(Step::Leave);
         }
-        if !selection.dry_run {
-            if action == HeldAction::Release {
-                let Some(routing_key) = routing_key else {
+        if self.selection.dry_run {
+            self.taken += 1;
+            return Ok(Step::List(held));
+        }
+        let step = match self.action {
+            HeldAction::Discard => Step::Remove(held),
+            HeldAction::Release => {
+                if held.routing_key.is_empty() {
                     return Err(HeldError::NoRoutingKey {
                         message_id: held.message_id,
                     });
-                };
-                parking::released_copy(
-                    names,
-                    routing_key,
-                    &message.delivery.data,
-                    &message.delivery.properties,
-                )
-                .send(&publisher)
-                .await?;
+                }
+                let copy = parking::released_copy(
+                    self.names,
+                    &held.routing_key,
+                    &delivery.data,
+                    &delivery.properties,
+                );
+                Step::Move(held, copy)
             }
-            message
-                .delivery
-                .acker
-                .ack(BasicAckOptions::default())
-                .await?;
-        } else {
-            report.kept += 1;
-        }
-        report.selected.push(held);
+        };
+        self.taken += 1;
+        Ok(step)
     }
-    publisher.close().await;
-    // Closing returns every message not acknowledged to the hold queue.
-    let _ = channel.close(200, "held done".into()).await;
-    Ok(())
 }
 
 /// The `event_id` of a JSON body; `None` for anything else (a held message is one the

@@ -3,14 +3,16 @@
 //!
 //! Results go to standard output — a table and a summary line, or one JSON document
 //! with `--json` (the summary then goes to standard error, so scripts read clean JSON).
-//! Progress goes to standard error. The commands read only the broker's settings.
+//! Progress goes to standard error. The commands use only the broker's settings, which
+//! `main` reads and passes in.
 
 use super::ops::{DeadLetterQueue, Disposal, DlqError, Interrupted, Walk};
 use super::report::{self, GroupBy, Progress};
 use super::selection::{Filter, Selection};
-use crate::config::{BrokerSettings, ConfigError};
 use crate::ops::audit::{self, AuditError, AuditEvent, OperatorAction};
+use crate::ops::walker::OpsBroker;
 use clap::{Args, Subcommand};
+use std::future::Future;
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 use time::format_description::well_known::Rfc3339;
@@ -167,8 +169,6 @@ pub fn parse_time(text: &str) -> Result<OffsetDateTime, String> {
 /// Why a dead-letter command failed; shown as one line.
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
-    #[error(transparent)]
-    Config(#[from] ConfigError),
     /// Boxed: broker errors are large, and this travels up every call.
     #[error(transparent)]
     Dlq(Box<DlqError>),
@@ -191,23 +191,32 @@ impl From<DlqError> for CommandError {
     }
 }
 
-/// Runs `iam-provisioner dlq …`.
+/// Runs `iam-provisioner dlq …` on `broker`; `stop` (the operator's Ctrl-C) ends the
+/// walk early, and what was done by then is printed and audited.
 ///
 /// # Errors
 /// [`CommandError`]; whatever was not done stays in the dead-letter queue.
-pub async fn run_dlq(command: DlqCommand) -> Result<(), CommandError> {
+pub async fn run_dlq(
+    command: DlqCommand,
+    broker: &OpsBroker,
+    stop: impl Future<Output = ()>,
+) -> Result<(), CommandError> {
     match command {
-        DlqCommand::List(args) => list(args).await,
-        DlqCommand::Replay(args) => replay(args).await,
-        DlqCommand::Purge(args) => purge(args).await,
+        DlqCommand::List(args) => list(args, broker, stop).await,
+        DlqCommand::Replay(args) => replay(args, broker, stop).await,
+        DlqCommand::Purge(args) => purge(args, broker, stop).await,
     }
 }
 
-/// Runs `iam-provisioner replay`.
+/// Runs `iam-provisioner replay` on `broker`, until done or `stop`.
 ///
 /// # Errors
 /// [`CommandError`]; whatever was not replayed stays in the dead-letter queue.
-pub async fn replay(args: ReplayArgs) -> Result<(), CommandError> {
+pub async fn replay(
+    args: ReplayArgs,
+    broker: &OpsBroker,
+    stop: impl Future<Output = ()>,
+) -> Result<(), CommandError> {
     let disposal = if args.dry_run {
         Disposal::Keep
     } else {
@@ -220,8 +229,8 @@ pub async fn replay(args: ReplayArgs) -> Result<(), CommandError> {
     } else {
         "replayed"
     };
-    let run = walk("replay", &args.select, disposal, verb).await?;
-    let exchange = run.settings.topology.replay_exchange();
+    let run = walk("replay", broker, &args.select, disposal, verb, stop).await?;
+    let exchange = run.broker.topology.replay_exchange();
     let shown = &run.walk.messages;
     let summary = if args.dry_run {
         format!(
@@ -264,8 +273,20 @@ pub async fn replay(args: ReplayArgs) -> Result<(), CommandError> {
     run.finish()
 }
 
-async fn list(args: ListArgs) -> Result<(), CommandError> {
-    let run = walk("dlq list", &args.select, Disposal::Keep, "listed").await?;
+async fn list(
+    args: ListArgs,
+    broker: &OpsBroker,
+    stop: impl Future<Output = ()>,
+) -> Result<(), CommandError> {
+    let run = walk(
+        "dlq list",
+        broker,
+        &args.select,
+        Disposal::Keep,
+        "listed",
+        stop,
+    )
+    .await?;
     let summary = format!(
         "{} of {} message(s) in '{}' listed; nothing was removed",
         run.walk.selected,
@@ -300,14 +321,18 @@ async fn list(args: ListArgs) -> Result<(), CommandError> {
     run.finish()
 }
 
-async fn purge(args: PurgeArgs) -> Result<(), CommandError> {
+async fn purge(
+    args: PurgeArgs,
+    broker: &OpsBroker,
+    stop: impl Future<Output = ()>,
+) -> Result<(), CommandError> {
     let disposal = if args.yes {
         Disposal::Delete
     } else {
         Disposal::Keep
     };
     let verb = if args.yes { "deleted" } else { "would delete" };
-    let run = walk("dlq purge", &args.select, disposal, verb).await?;
+    let run = walk("dlq purge", broker, &args.select, disposal, verb, stop).await?;
     let shown = &run.walk.messages;
     let summary = if args.yes {
         format!(
@@ -372,20 +397,20 @@ async fn audit(
             .map(|m| m.event_id.clone().unwrap_or_else(|| "-".to_owned())),
     );
     event.interrupted = run.error.is_some();
-    audit::publish(&run.settings, &event).await?;
+    audit::publish(&run.broker, &event).await?;
     Ok(())
 }
 
 /// A finished walk, and the error that stopped it early, if one did.
 struct Run {
-    settings: BrokerSettings,
+    broker: OpsBroker,
     walk: Walk,
     error: Option<DlqError>,
 }
 
 impl Run {
     fn queue(&self) -> &str {
-        &self.settings.topology.dead_letter_queue
+        &self.broker.topology.dead_letter_queue
     }
 
     fn finish(self) -> Result<(), CommandError> {
@@ -398,12 +423,13 @@ impl Run {
 /// was done is still printed.
 async fn walk(
     purpose: &str,
+    broker: &OpsBroker,
     select: &SelectionArgs,
     disposal: Disposal,
     verb: &str,
+    stop: impl Future<Output = ()>,
 ) -> Result<Run, CommandError> {
-    let settings = BrokerSettings::from_env()?;
-    let queue = DeadLetterQueue::open(&settings, purpose).await?;
+    let queue = DeadLetterQueue::open(broker, purpose).await?;
     let mut progress = Progress::new(std::io::stderr().is_terminal(), Instant::now());
     let show = |text: Option<String>| {
         if let Some(text) = text {
@@ -413,19 +439,24 @@ async fn walk(
         }
     };
     let result = queue
-        .walk(select.selection(), disposal, |walk| {
-            show(progress.update(Instant::now(), || {
-                let acted = if disposal == Disposal::Keep {
-                    walk.selected
-                } else {
-                    walk.done
-                };
-                format!(
-                    "{purpose}: scanned {} of {}, {verb} {acted}",
-                    walk.scanned, walk.depth
-                )
-            }));
-        })
+        .walk(
+            select.selection(),
+            disposal,
+            |walk| {
+                show(progress.update(Instant::now(), || {
+                    let acted = if disposal == Disposal::Keep {
+                        walk.selected
+                    } else {
+                        walk.done
+                    };
+                    format!(
+                        "{purpose}: scanned {} of {}, {verb} {acted}",
+                        walk.scanned, walk.depth
+                    )
+                }));
+            },
+            stop,
+        )
         .await;
     show(progress.finish());
     queue.close().await;
@@ -434,7 +465,7 @@ async fn walk(
         Err(Interrupted { walk, error }) => (walk, Some(error)),
     };
     Ok(Run {
-        settings,
+        broker: broker.clone(),
         walk,
         error,
     })
