@@ -920,3 +920,81 @@ fn the_dead_letter_commands_have_help() {
         assert!(help.contains("Usage:"), "{args:?}: {help}");
     }
 }
+
+#[tokio::test]
+async fn a_replay_stopped_with_ctrl_c_settles_reports_and_audits_what_it_did() {
+    let broker = Broker::new("dlq-ctrl-c").await;
+    let names = &broker.names;
+    // The audit event, as a consumer of the results exchange sees it.
+    let audit_queue = format!("{}.audit-seen", names.work_queue);
+    broker
+        .channel
+        .queue_declare(
+            audit_queue.as_str().into(),
+            lapin::options::QueueDeclareOptions {
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("audit queue");
+    broker
+        .channel
+        .queue_bind(
+            audit_queue.as_str().into(),
+            names.results_exchange.as_str().into(),
+            "operator.#".into(),
+            lapin::options::QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("audit binding");
+    let count = 40;
+    let specs: Vec<DeadLetterSpec> = (0..count)
+        .map(|n| DeadLetterSpec::new(&format!("stop{n}"), "employee.added", "E-9"))
+        .collect();
+    broker.seed(&specs).await;
+
+    let child = command(names, &["replay", "--rate", "20/s", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("replay starts");
+    let deadline = Instant::now() + PATIENCE;
+    while broker.depth(&names.work_queue).await < 5 {
+        assert!(Instant::now() < deadline, "replay made no progress");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let interrupt = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill -INT");
+    assert!(interrupt.success());
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output().expect("output"))
+        .await
+        .expect("the binary's task");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("stopped by the operator"), "{stderr}");
+
+    // What it printed is what happened: each replayed message left the dead-letter
+    // queue, the rest stayed, in order, and nothing is in both.
+    let printed: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    let replayed = broker.drain_ids(&names.work_queue).await;
+    let remaining = broker.drain_ids(&names.dead_letter_queue).await;
+    assert_eq!(printed["replayed"], json!(replayed.len()), "{printed}");
+    assert_eq!(event_ids_of(&printed), replayed);
+    assert!(!remaining.is_empty(), "stopped before the end");
+    let mut all = replayed.clone();
+    all.extend(remaining);
+    let expected: Vec<String> = specs.iter().map(|s| s.event_id.clone()).collect();
+    assert_eq!(all, expected, "every message once, in order");
+
+    let audit = broker.drain(&audit_queue).await;
+    assert_eq!(audit.len(), 1, "one audit event");
+    let event: Value = serde_json::from_slice(&audit[0].delivery.data).expect("audit JSON");
+    assert_eq!(event["event_type"], "operator.replay", "{event}");
+    assert_eq!(event["interrupted"], true, "{event}");
+    assert_eq!(event["count"], json!(replayed.len()), "{event}");
+}
