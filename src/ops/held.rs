@@ -283,7 +283,7 @@ impl WalkRules for HeldRules<'_> {
                     &delivery.data,
                     &delivery.properties,
                 );
-                Step::Move(held, copy)
+                Step::Move(held, Box::new(copy))
             }
         };
         self.taken += 1;
@@ -365,6 +365,113 @@ mod tests {
             }),
             Vec::<String>::new()
         );
+    }
+
+    /// A removal as the guard holds it; `routing_key` `None` leaves its header out.
+    fn held_delivery(routing_key: Option<&str>, employee: &str) -> Delivery {
+        let mut table = lapin::types::FieldTable::default();
+        if let Some(key) = routing_key {
+            headers::set_str(&mut table, parking::ORIGINAL_ROUTING_KEY, key);
+        }
+        headers::set_str(&mut table, parking::EMPLOYEE_ID, employee);
+        headers::set_str(&mut table, parking::HELD_AT, "2026-12-01T10:00:00Z");
+        let mut delivery = Delivery::mock(
+            1,
+            "".into(),
+            "iam.holding".into(),
+            false,
+            br#"{"event_id":"ev-1"}"#.to_vec(),
+        );
+        delivery.properties = lapin::BasicProperties::default()
+            .with_message_id("msg-1".into())
+            .with_headers(table);
+        delivery
+    }
+
+    fn step(action: HeldAction, selection: &HeldSelection, deliveries: &[Delivery]) -> Vec<String> {
+        let names = ParkingNames::for_work_queue("iam");
+        let mut rules = HeldRules {
+            names: &names,
+            action,
+            selection,
+            taken: 0,
+        };
+        deliveries
+            .iter()
+            .zip(1..)
+            .map(
+                |(delivery, position)| match rules.step(position, delivery) {
+                    Ok(Step::Leave) => "leave".to_owned(),
+                    Ok(Step::List(m)) => format!("list {}", m.employee_id.unwrap_or_default()),
+                    Ok(Step::Remove(m)) => format!("remove {}", m.employee_id.unwrap_or_default()),
+                    Ok(Step::Move(m, copy)) => {
+                        let bypass = headers::get_str(
+                            copy.properties.headers().as_ref(),
+                            parking::GUARD_BYPASS,
+                        );
+                        format!(
+                            "move {} to {} {} bypass={}",
+                            m.employee_id.unwrap_or_default(),
+                            copy.exchange,
+                            copy.routing_key,
+                            bypass.unwrap_or("-")
+                        )
+                    }
+                    Err(error) => format!("error {error}"),
+                },
+            )
+            .collect()
+    }
+
+    #[test]
+    fn release_moves_a_released_copy_discard_removes_and_a_dry_run_lists_within_the_limit() {
+        let three = [
+            held_delivery(Some("employee.removed"), "E-1"),
+            held_delivery(Some("employee.removed"), "E-2"),
+            held_delivery(Some("employee.removed"), "E-3"),
+        ];
+        let two = HeldSelection {
+            limit: Some(2),
+            ..HeldSelection::default()
+        };
+        let names = ParkingNames::for_work_queue("iam");
+        let moved = |e: &str| {
+            format!(
+                "move {e} to {} employee.removed bypass=released",
+                names.retry_exchange
+            )
+        };
+        assert_eq!(
+            step(HeldAction::Release, &two, &three),
+            [moved("E-1"), moved("E-2"), "leave".to_owned()]
+        );
+        assert_eq!(
+            step(HeldAction::Discard, &two, &three),
+            ["remove E-1", "remove E-2", "leave"]
+        );
+        let dry = HeldSelection {
+            dry_run: true,
+            employee_id: Some("E-2".into()),
+            ..HeldSelection::default()
+        };
+        assert_eq!(
+            step(HeldAction::Release, &dry, &three),
+            ["leave", "list E-2", "leave"]
+        );
+    }
+
+    #[test]
+    fn a_held_message_without_its_routing_key_is_not_released() {
+        let without = [held_delivery(None, "E-1")];
+        let all = HeldSelection::default();
+        let released = step(HeldAction::Release, &all, &without);
+        assert!(
+            released[0]
+                .starts_with("error held message Some(\"msg-1\") has no x-original-routing-key"),
+            "{released:?}"
+        );
+        // Discarding needs no routing key.
+        assert_eq!(step(HeldAction::Discard, &all, &without), ["remove E-1"]);
     }
 
     #[test]

@@ -134,35 +134,35 @@ pub enum BrokerError {
 }
 
 /// Why a walk stopped early; `M` is a message as the command describes it, `E` the
-/// command's own refusal of a message.
-#[derive(Debug, thiserror::Error)]
-pub enum WalkError<M: std::fmt::Debug, E: std::error::Error + 'static> {
-    #[error(transparent)]
-    Broker(#[from] BrokerError),
+/// command's own refusal of a message. Not shown as such: each command turns it into its
+/// own error, in its own words.
+#[derive(Debug)]
+pub enum WalkError<M, E> {
+    Broker(BrokerError),
     /// The copy of the message at `position` was not confirmed; the message stays.
-    #[error("the copy of message #{position} was not confirmed; it stays in the queue")]
     Refused {
         position: u64,
         message: M,
-        #[source]
         source: PublishError,
     },
     /// The message at `position` could not be acknowledged; it stays.
-    #[error("cannot remove message #{position}; it stays in the queue")]
     Remove {
         position: u64,
         message: M,
         /// Whether its copy was published and confirmed before.
         copied: bool,
-        #[source]
         source: lapin::Error,
     },
     /// The command's rules refused a message.
-    #[error(transparent)]
     Rule(E),
     /// The operator asked the command to stop (Ctrl-C).
-    #[error("stopped by the operator")]
     Stopped,
+}
+
+impl<M, E> From<BrokerError> for WalkError<M, E> {
+    fn from(error: BrokerError) -> Self {
+        WalkError::Broker(error)
+    }
 }
 
 /// What to do with one message taken from the queue.
@@ -176,15 +176,15 @@ pub enum Step<M> {
     Remove(M),
     /// Selected: `copy` is published, and the message removed once the broker confirmed
     /// the copy.
-    Move(M, Outgoing),
+    Move(M, Box<Outgoing>),
 }
 
 /// What a command decides about the messages of its queue; the walker does the rest.
 pub trait WalkRules {
     /// A message as the command reports it.
-    type Message: std::fmt::Debug;
+    type Message;
     /// Why the command refuses to go on with a message.
-    type Error: std::error::Error + 'static;
+    type Error;
 
     /// Whether to take another message; asked before each one, so that a walk that
     /// has all it wants stops without taking more.
@@ -242,7 +242,7 @@ impl<M> Default for Walk<M> {
 
 /// A walk that stopped early, with what it had done by then.
 #[derive(Debug)]
-pub struct Interrupted<M: std::fmt::Debug, E: std::error::Error + 'static> {
+pub struct Interrupted<M, E> {
     pub walk: Walk<M>,
     pub error: WalkError<M, E>,
 }
@@ -495,7 +495,7 @@ struct Copier<M> {
     pending: VecDeque<Pending<M>>,
 }
 
-impl<M: std::fmt::Debug> Copier<M> {
+impl<M> Copier<M> {
     async fn open(walker: &QueueWalker, options: CopyOptions) -> Result<Self, BrokerError> {
         let channel = walker.channel().await?;
         if let Some(names) = &options.declare {
@@ -526,12 +526,12 @@ impl<M: std::fmt::Debug> Copier<M> {
 
     /// Publishes `copy` (`mandatory`, so a copy no queue receives is an error, not a
     /// loss); settles the oldest copies while the window is full.
-    async fn send<E: std::error::Error + 'static, F: Future<Output = ()>>(
+    async fn send<E, F: Future<Output = ()>>(
         &mut self,
         acker: Acker,
         message: M,
         position: u64,
-        copy: Outgoing,
+        copy: Box<Outgoing>,
         stop: &mut StopSignal<F>,
         walk: &mut Walk<M>,
     ) -> Result<(), WalkError<M, E>> {
@@ -593,10 +593,7 @@ impl<M: std::fmt::Debug> Copier<M> {
 
     /// Waits (within the confirm timeout) for the oldest copy's confirm, then removes
     /// its original.
-    async fn settle_oldest<E: std::error::Error + 'static>(
-        &mut self,
-        walk: &mut Walk<M>,
-    ) -> Result<(), WalkError<M, E>> {
+    async fn settle_oldest<E>(&mut self, walk: &mut Walk<M>) -> Result<(), WalkError<M, E>> {
         let Some(mut pending) = self.pending.pop_front() else {
             return Ok(());
         };
@@ -607,10 +604,7 @@ impl<M: std::fmt::Debug> Copier<M> {
 
     /// Settles every copy still pending; returns the first error, having removed every
     /// original whose copy was confirmed.
-    async fn settle_all<E: std::error::Error + 'static>(
-        &mut self,
-        walk: &mut Walk<M>,
-    ) -> Result<(), WalkError<M, E>> {
+    async fn settle_all<E>(&mut self, walk: &mut Walk<M>) -> Result<(), WalkError<M, E>> {
         let mut first = Ok(());
         while !self.pending.is_empty() {
             if let Err(error) = self.settle_oldest(walk).await {
@@ -625,7 +619,7 @@ impl<M: std::fmt::Debug> Copier<M> {
 
 /// Removes the original of a copy the broker confirmed; an error for any other answer
 /// (or none in time), leaving the original in the queue.
-async fn finish<M: std::fmt::Debug, E: std::error::Error + 'static>(
+async fn finish<M, E>(
     pending: Pending<M>,
     confirmation: Result<lapin::Result<Confirmation>, tokio::time::error::Elapsed>,
     walk: &mut Walk<M>,
@@ -662,7 +656,7 @@ async fn finish<M: std::fmt::Debug, E: std::error::Error + 'static>(
 }
 
 /// Acknowledges a taken message: it leaves the queue.
-async fn remove<M: std::fmt::Debug, E: std::error::Error + 'static>(
+async fn remove<M, E>(
     acker: &Acker,
     message: M,
     position: u64,

@@ -267,7 +267,7 @@ impl WalkRules for DeadLetterRules {
                     body: delivery.data.clone(),
                     properties,
                 };
-                Step::Move(record, copy)
+                Step::Move(record, Box::new(copy))
             }
         })
     }
@@ -282,4 +282,100 @@ fn event_label(record: &DeadLetter) -> String {
 
 fn is_not_found(error: &lapin::Error) -> bool {
     matches!(error.kind(), lapin::ErrorKind::ProtocolError(e) if e.get_id() == 404)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::amqp::headers;
+    use crate::ops::dlq::selection::Filter;
+    use lapin::types::FieldTable;
+
+    fn dead_letter(event: &str, kind: &str) -> Delivery {
+        let mut table = FieldTable::default();
+        headers::set_str(&mut table, "x-original-routing-key", "employee.added");
+        headers::set_str(&mut table, "x-error-kind", kind);
+        let mut delivery = Delivery::mock(
+            1,
+            "iam.dlx".into(),
+            "employee.added".into(),
+            false,
+            format!(r#"{{"event_id":"{event}"}}"#).into_bytes(),
+        );
+        delivery.properties = lapin::BasicProperties::default().with_headers(table);
+        delivery
+    }
+
+    fn rules(disposal: Disposal, kind: Option<&str>, limit: Option<u64>) -> DeadLetterRules {
+        DeadLetterRules {
+            selector: Selector::new(Selection {
+                filter: Filter {
+                    error_kind: kind.map(str::to_owned),
+                    ..Filter::default()
+                },
+                limit,
+            }),
+            disposal,
+            replay_exchange: "iam.replay".into(),
+        }
+    }
+
+    fn label(step: Step<DeadLetter>) -> String {
+        match step {
+            Step::Leave => "leave".into(),
+            Step::List(m) => format!("list {}", event_label(&m)),
+            Step::Remove(m) => format!("remove {}", event_label(&m)),
+            Step::Move(m, copy) => format!(
+                "move {} to {} {} count={:?}",
+                event_label(&m),
+                copy.exchange,
+                copy.routing_key,
+                headers::get_u64(copy.properties.headers().as_ref(), headers::REPLAY_COUNT)
+            ),
+        }
+    }
+
+    #[test]
+    fn a_selected_dead_letter_is_listed_deleted_or_moved_as_a_replayed_copy() {
+        let mapping = dead_letter("ev-1", "mapping");
+        let okta = dead_letter("ev-2", "okta");
+        let walk = |mut rules: DeadLetterRules| -> Vec<String> {
+            [&mapping, &okta]
+                .iter()
+                .zip(1..)
+                .map(|(d, position)| match rules.step(position, d) {
+                    Ok(step) => label(step),
+                    Err(never) => match never {},
+                })
+                .collect()
+        };
+        assert_eq!(
+            walk(rules(Disposal::Keep, Some("okta"), None)),
+            ["leave", "list ev-2"]
+        );
+        assert_eq!(
+            walk(rules(Disposal::Delete, None, None)),
+            ["remove ev-1", "remove ev-2"]
+        );
+        assert_eq!(
+            walk(rules(
+                Disposal::Replay { pace: None },
+                Some("mapping"),
+                None
+            )),
+            [
+                "move ev-1 to iam.replay employee.added count=Some(1)",
+                "leave"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_walk_stops_once_the_limit_is_reached() {
+        let mut rules = rules(Disposal::Keep, None, Some(1));
+        assert!(rules.wants_more());
+        let first = rules.step(1, &dead_letter("ev-1", "okta"));
+        assert!(matches!(first, Ok(Step::List(_))));
+        assert!(!rules.wants_more(), "no message is taken past the limit");
+    }
 }
