@@ -16,7 +16,7 @@
 use crate::amqp::headers;
 use crate::amqp::parking::{self, ParkingNames};
 use crate::amqp::publisher::PublishError;
-use crate::ops::walker::{BrokerError, OpsBroker, QueueWalker, Step, WalkError, WalkRules};
+use crate::ops::walker::{BrokerError, OpsBroker, QueueWalker, Step, Walk, WalkError, WalkRules};
 use lapin::message::Delivery;
 use std::future::Future;
 use time::format_description::well_known::Rfc3339;
@@ -174,56 +174,54 @@ pub async fn run(
     selection: &HeldSelection,
     stop: impl Future<Output = ()>,
 ) -> Result<HeldReport, HeldStopped> {
-    let stopped = |done, error| HeldStopped { done, error };
+    let names = ParkingNames::for_work_queue(work_queue);
     let walker = QueueWalker::connect(broker, &format!("{work_queue} held"))
         .await
-        .map_err(|e| stopped(HeldReport::default(), e.into()))?;
-    let names = ParkingNames::for_work_queue(work_queue);
-    let result = walk(&walker, &names, action, selection, stop).await;
+        .map_err(nothing_done)?;
+    let result = async {
+        walker
+            .depth(&names.held_queue)
+            .await
+            .map_err(nothing_done)?;
+        // Removals an older replica held in the classic hold queue are moved first
+        // (confirmed, ack-last), so that a rolling upgrade hides none of them.
+        crate::amqp::migration::migrate_legacy_hold_queue(walker.connection(), work_queue)
+            .await
+            .map_err(nothing_done)?;
+        let mut rules = HeldRules {
+            names: &names,
+            action,
+            selection,
+            taken: 0,
+        };
+        // No topology is declared for the copies: the retry exchange is the service's own.
+        match walker
+            .walk(&names.held_queue, None, &mut rules, |_| {}, stop)
+            .await
+        {
+            Ok(walk) => Ok(report(walk)),
+            Err(stopped) => Err(HeldStopped {
+                done: report(stopped.walk),
+                error: stopped.error.into(),
+            }),
+        }
+    }
+    .await;
     walker.close().await;
     result
 }
 
-async fn walk(
-    walker: &QueueWalker,
-    names: &ParkingNames,
-    action: HeldAction,
-    selection: &HeldSelection,
-    stop: impl Future<Output = ()>,
-) -> Result<HeldReport, HeldStopped> {
-    let stopped = |error: HeldError| HeldStopped {
+fn nothing_done(error: impl Into<HeldError>) -> HeldStopped {
+    HeldStopped {
         done: HeldReport::default(),
-        error,
-    };
-    walker
-        .depth(&names.held_queue)
-        .await
-        .map_err(|e| stopped(e.into()))?;
-    // Removals an older replica held in the classic hold queue are moved first
-    // (confirmed, ack-last), so that a rolling upgrade hides none of them.
-    crate::amqp::migration::migrate_legacy_hold_queue(walker.connection(), names.work_queue())
-        .await
-        .map_err(|e| stopped(e.into()))?;
-    let mut rules = HeldRules {
-        names,
-        action,
-        selection,
-        taken: 0,
-    };
-    let report = |walk: crate::ops::walker::Walk<HeldMessage>| HeldReport {
+        error: error.into(),
+    }
+}
+
+fn report(walk: Walk<HeldMessage>) -> HeldReport {
+    HeldReport {
         kept: usize::try_from(walk.scanned - walk.done).unwrap_or(usize::MAX),
         selected: walk.messages,
-    };
-    // Copies need no topology declared: the retry exchange is the service's own.
-    match walker
-        .walk(&names.held_queue, None, &mut rules, |_| {}, stop)
-        .await
-    {
-        Ok(walk) => Ok(report(walk)),
-        Err(interrupted) => Err(HeldStopped {
-            done: report(interrupted.walk),
-            error: interrupted.error.into(),
-        }),
     }
 }
 
