@@ -17,6 +17,8 @@ pub mod mapping_check;
 pub mod mapping_reload;
 pub mod metrics;
 pub mod okta;
+// Test double, not production code: the deploy image is built without this feature.
+#[cfg(feature = "okta-sim")]
 pub mod okta_sim;
 pub mod otel;
 pub mod outage;

@@ -106,6 +106,10 @@ impl Default for SimConfig {
     }
 }
 
+/// Logged by every fake Okta that starts. `.ci/check-no-fake-okta` looks for this text in
+/// the binary built as the deploy image builds it: absent, the fake was left out.
+pub const FAKE_OKTA_MARKER: &str = "FAKE Okta (okta-sim feature) started";
+
 /// The fake's search lag unless told otherwise: long enough that a removal arriving
 /// right after a hire meets it, short enough that tests do not wait on it.
 pub const DEFAULT_SEARCH_LAG: Duration = Duration::from_secs(1);
@@ -342,6 +346,7 @@ impl OktaSim {
         let app = routes::router(shared.clone());
         let serve =
             axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
+        tracing::info!(listen = %host, "{FAKE_OKTA_MARKER}");
         let task = tokio::spawn(async move {
             if let Err(error) = serve.await {
                 tracing::error!(%error, "fake Okta server stopped");
