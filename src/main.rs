@@ -113,8 +113,10 @@ enum MappingCommand {
 #[derive(Args)]
 struct RunArgs {
     /// Use the built-in FAKE Okta, started in-process, instead of a real org.
-    /// For trying the service out; never for production. A build without the fake (the
-    /// deploy image) keeps the flag, hidden, only to refuse it with a clear message.
+    /// For trying the service out; never for production.
+    // A build without the fake (the deploy image) keeps this flag and the two below,
+    // hidden, only to refuse `--okta-sim` with one clear line rather than clap's
+    // "unexpected argument".
     #[arg(long)]
     #[cfg_attr(not(feature = "okta-sim"), arg(hide = true))]
     okta_sim: bool,

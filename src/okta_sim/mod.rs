@@ -11,14 +11,18 @@
 //! running it beside the service uses [`serve_until`] and the unauthenticated
 //! `/__sim/` admin routes instead.
 //!
+//! A test double, not production code: compiled only with the cargo feature `okta-sim`
+//! (on by default), which the deploy image leaves out (`docs/okta.md`).
+//!
 //! Layout, lowest first; each module uses only modules listed before it, so there is
 //! no import cycle: `search` the `search=` language; `state` the directory and Okta's
-//! rules (plain data, no HTTP); `limits` the rate-limit buckets; `operations` Okta's
-//! operationId for a request; `dpop` and `oauth` DPoP proofs, the service apps and their
-//! tokens; `store` the one lock over everything mutable; `gate` what happens to every
-//! request before a route sees it (auth, rate limits, faults, latency, request log);
-//! `admin` the `/__sim/` endpoints; `routes` the Okta endpoints and the router that
-//! puts them behind the gate. This module starts the server and is the handle tests use.
+//! rules (plain data; HTTP only in the body an `ApiError` becomes); `limits` the
+//! rate-limit buckets; `operations` Okta's operationId for a request; `dpop` and
+//! `oauth` DPoP proofs, the service apps and their tokens; `store` the one lock over
+//! everything mutable; `gate` what happens to every request before a route sees it
+//! (auth, rate limits, faults, latency, request log); `admin` the `/__sim/` endpoints;
+//! `routes` the Okta endpoints and the router that puts them behind the gate. This
+//! module starts the server and is the handle tests use.
 
 mod admin;
 mod dpop;
