@@ -8,6 +8,8 @@ pub mod config;
 pub mod domain;
 pub mod http;
 pub mod okta;
+// Test double, not production code: the deploy image is built without this feature.
+#[cfg(feature = "okta-sim")]
 pub mod okta_sim;
 pub mod ops;
 pub mod pipeline;

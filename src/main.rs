@@ -4,19 +4,27 @@
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use iam_provisioner::app::{Application, OktaEndpoint};
-use iam_provisioner::config::secret::Secret;
 use iam_provisioner::config::{OktaTarget, Settings};
-use iam_provisioner::domain::mapping::{GroupMapping, GroupTarget};
+use iam_provisioner::domain::mapping::GroupMapping;
 use iam_provisioner::okta::groups::GroupDirectory;
 use iam_provisioner::okta::OktaClient;
-use iam_provisioner::okta_sim::{self, OktaSim, RateLimit, SimConfig};
 use iam_provisioner::ops::dlq::cli as dlq;
 use iam_provisioner::ops::held::{self, HeldAction, HeldSelection};
 use iam_provisioner::ops::mapping_check;
 use iam_provisioner::ops::walker::OpsBroker;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
+
+// What only the fake Okta's commands use.
+#[cfg(feature = "okta-sim")]
+use iam_provisioner::config::secret::Secret;
+#[cfg(feature = "okta-sim")]
+use iam_provisioner::domain::mapping::GroupTarget;
+#[cfg(feature = "okta-sim")]
+use iam_provisioner::okta_sim::{self, OktaSim, RateLimit, SimConfig};
+#[cfg(feature = "okta-sim")]
+use std::path::PathBuf;
+#[cfg(feature = "okta-sim")]
 use std::time::Duration;
 
 #[derive(Parser)]
@@ -36,6 +44,7 @@ enum Command {
     /// Configured by environment variables (see the README).
     Run(RunArgs),
     /// Run the fake Okta on its own, for local work and docker-compose.
+    #[cfg(feature = "okta-sim")]
     OktaSim(SimArgs),
     /// Inspect, replay or purge the dead-letter queue. Needs only the broker settings.
     #[command(subcommand)]
@@ -106,18 +115,25 @@ enum MappingCommand {
 struct RunArgs {
     /// Use the built-in FAKE Okta, started in-process, instead of a real org.
     /// For trying the service out; never for production.
+    // A build without the fake (the deploy image) keeps this flag and the two below,
+    // hidden, only to refuse `--okta-sim` with one clear line rather than clap's
+    // "unexpected argument".
     #[arg(long)]
+    #[cfg_attr(not(feature = "okta-sim"), arg(hide = true))]
     okta_sim: bool,
     /// With --okta-sim: where the fake Okta listens (its /__sim/users shows what the
     /// service did).
     #[arg(long, default_value = "127.0.0.1:8081", requires = "okta_sim")]
+    #[cfg_attr(not(feature = "okta-sim"), arg(hide = true))]
     okta_sim_listen: SocketAddr,
     /// With --okta-sim: accept a broker that is not on this machine. Without it the fake
     /// refuses one, so that a trial run never consumes (and "provisions") real HR events.
     #[arg(long, requires = "okta_sim")]
+    #[cfg_attr(not(feature = "okta-sim"), arg(hide = true))]
     okta_sim_allow_remote_broker: bool,
 }
 
+#[cfg(feature = "okta-sim")]
 #[derive(Args)]
 struct SimArgs {
     /// Address to listen on.
@@ -183,6 +199,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run(args) => run(args).await,
+            #[cfg(feature = "okta-sim")]
             Command::OktaSim(args) => run_sim(args).await,
             Command::Dlq(command) => {
                 Ok(dlq::run_dlq(command, &ops_broker()?, shutdown_signal()).await?)
@@ -206,8 +223,15 @@ fn main() -> ExitCode {
     }
 }
 
+/// The one line `run --okta-sim` fails with in a build without the fake Okta.
+#[cfg(not(feature = "okta-sim"))]
+const NO_FAKE_OKTA: &str = "--okta-sim: this build has no fake Okta (built without the `okta-sim` \
+     feature, as the deploy image is); build from source with default features to try the \
+     service against it";
+
 /// The mapping used by `run --okta-sim` when none is configured, so a newcomer sees
 /// groups assigned.
+#[cfg(feature = "okta-sim")]
 fn demo_mapping() -> GroupMapping {
     GroupMapping::from_pairs([
         ("*", &["All-Staff"][..]),
@@ -216,6 +240,7 @@ fn demo_mapping() -> GroupMapping {
     ])
 }
 
+#[cfg(feature = "okta-sim")]
 fn mapped_group_names(mapping: &GroupMapping) -> Vec<String> {
     mapping
         .all_targets()
@@ -228,18 +253,31 @@ fn mapped_group_names(mapping: &GroupMapping) -> Vec<String> {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
+    // Before reading any setting or reaching the broker: nothing is consumed by a run
+    // that cannot do what it was asked.
+    #[cfg(not(feature = "okta-sim"))]
+    if args.okta_sim {
+        anyhow::bail!(NO_FAKE_OKTA);
+    }
     let settings = Settings::from_env(args.okta_sim)?;
     iam_provisioner::telemetry::pii::set_log_mode(settings.log_pii);
     if args.okta_sim && !args.okta_sim_allow_remote_broker {
         iam_provisioner::config::refuse_remote_broker_for_sim(&settings.amqp_url)?;
     }
+    // Only the fake Okta fills in a missing mapping (the demo one).
+    #[cfg_attr(not(feature = "okta-sim"), allow(unused_mut))]
     let mut mapping = settings.mapping.clone();
+    #[cfg(feature = "okta-sim")]
     let mut _sim_guard = None;
     let okta = match &settings.okta {
         OktaTarget::Org { url, auth } => OktaEndpoint {
             url: url.clone(),
             auth: auth.clone(),
         },
+        // Only `--okta-sim` asks for it, refused above in a build without the fake.
+        #[cfg(not(feature = "okta-sim"))]
+        OktaTarget::Simulated => anyhow::bail!(NO_FAKE_OKTA),
+        #[cfg(feature = "okta-sim")]
         OktaTarget::Simulated => {
             let mapping = mapping.get_or_insert_with(|| {
                 tracing::warn!("no GROUP_MAPPING or GROUP_MAPPING_FILE: using the demo mapping {{\"*\": \"All-Staff\", \"Engineering\": [\"Engineering-Core\", \"GitHub-Users\"], \"Sales\": \"Sales-App-Access\"}}");
@@ -445,6 +483,7 @@ async fn run_mapping_check() -> anyhow::Result<()> {
 }
 
 /// The fake's rate limits from `--rate-limit` and `--rate-window-secs`.
+#[cfg(feature = "okta-sim")]
 fn sim_rate_limit(per_window: Option<u32>, window_secs: u64) -> Option<RateLimit> {
     let window = Duration::from_secs(window_secs.max(1));
     match per_window {
@@ -454,6 +493,7 @@ fn sim_rate_limit(per_window: Option<u32>, window_secs: u64) -> Option<RateLimit
     }
 }
 
+#[cfg(feature = "okta-sim")]
 async fn run_sim(args: SimArgs) -> anyhow::Result<()> {
     let mut groups = args.groups.clone();
     if let Some(path) = &args.groups_file {
@@ -507,6 +547,7 @@ async fn run_sim(args: SimArgs) -> anyhow::Result<()> {
 
 /// Writes the fake's generated token to `<tmp>/iam-provisioner-okta-sim-<port>.token`,
 /// readable by its owner only.
+#[cfg(feature = "okta-sim")]
 fn write_sim_token(token: &str, listen: SocketAddr) -> anyhow::Result<PathBuf> {
     use std::io::Write;
     let path =
@@ -527,6 +568,7 @@ fn write_sim_token(token: &str, listen: SocketAddr) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+#[cfg(feature = "okta-sim")]
 fn read_group_names(path: &PathBuf) -> anyhow::Result<Vec<String>> {
     let extension = path
         .extension()

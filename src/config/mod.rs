@@ -1079,6 +1079,9 @@ mod tests {
         assert!(!printed.contains("guest:guest"), "{printed}");
     }
 
+    // The service-app tests below take their keys from the fake Okta's `test_key_pair`,
+    // so they are built with its feature only.
+    #[cfg(feature = "okta-sim")]
     fn oauth_pairs(pem: &str) -> Vec<(String, String)> {
         vars(&[
             ("OKTA_ORG_URL", "https://acme.okta.com"),
@@ -1087,6 +1090,7 @@ mod tests {
         ])
     }
 
+    #[cfg(feature = "okta-sim")]
     fn oauth_error(pairs: Vec<(String, String)>) -> String {
         match Settings::from_vars(pairs, false) {
             Ok(_) => panic!("expected a configuration error"),
@@ -1094,10 +1098,12 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "okta-sim")]
     fn key_pair(kind: crate::okta_sim::KeyKind) -> crate::okta_sim::TestKeyPair {
         crate::okta_sim::test_key_pair(kind).expect("key pair")
     }
 
+    #[cfg(feature = "okta-sim")]
     #[test]
     fn a_service_app_is_configured_with_the_four_scopes_by_default() {
         let pair = key_pair(crate::okta_sim::KeyKind::Rsa);
@@ -1118,6 +1124,7 @@ mod tests {
         assert!(!printed.contains(body_line), "{printed}");
     }
 
+    #[cfg(feature = "okta-sim")]
     #[test]
     fn the_key_can_come_from_a_file_or_a_single_line_and_scopes_and_kid_are_read() {
         let pair = key_pair(crate::okta_sim::KeyKind::P256);
@@ -1151,6 +1158,7 @@ mod tests {
         assert!(Settings::from_vars(oauth_pairs(&one_line), false).is_ok());
     }
 
+    #[cfg(feature = "okta-sim")]
     #[test]
     fn oauth_mistakes_name_their_variable_and_never_echo_the_key() {
         let pair = key_pair(crate::okta_sim::KeyKind::Rsa);

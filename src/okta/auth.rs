@@ -292,7 +292,7 @@ impl Authorizer {
     ///
     /// # Errors
     /// When a service app cannot get an access token.
-    #[cfg(test)]
+    #[cfg(all(test, feature = "okta-sim"))]
     pub(crate) async fn authorization(&self) -> Result<HeaderValue, OktaError> {
         match &self.0 {
             Kind::Fixed(value) => Ok(value.clone()),
@@ -382,7 +382,7 @@ struct OAuthErrorBody {
 }
 
 impl TokenSource {
-    #[cfg(test)]
+    #[cfg(all(test, feature = "okta-sim"))]
     async fn authorization(&self) -> Result<HeaderValue, OktaError> {
         self.current_token()
             .await
@@ -465,7 +465,7 @@ impl TokenSource {
     }
 
     /// Drops the cached token whatever it is; true if there was one.
-    #[cfg(test)]
+    #[cfg(all(test, feature = "okta-sim"))]
     async fn forget_all(&self) -> bool {
         self.cached.lock().await.token.take().is_some()
     }
@@ -700,7 +700,8 @@ pub(crate) fn auth_param(challenge: &str, name: &str) -> Option<String> {
     None
 }
 
-#[cfg(test)]
+// These tests sign with keys from the fake Okta and talk to it, so they need its feature.
+#[cfg(all(test, feature = "okta-sim"))]
 mod tests {
     use super::*;
     use crate::okta_sim::{test_key_pair, KeyKind, OktaSim, SimConfig, SimOAuthClient};

@@ -195,7 +195,8 @@ impl GroupDirectory {
     }
 }
 
-#[cfg(test)]
+// These tests resolve groups against the fake Okta, so they need its feature.
+#[cfg(all(test, feature = "okta-sim"))]
 mod tests {
     use super::*;
     use crate::config::secret::Secret;

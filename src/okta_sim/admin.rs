@@ -13,8 +13,9 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use super::state::timestamp;
-use super::{Fault, FaultKind, GroupType, RateLimit, Shared, SimBucket, UserStatus};
+use super::limits::{RateLimit, SimBucket};
+use super::state::{timestamp, GroupType, UserStatus};
+use super::store::{Fault, FaultKind, Shared};
 
 pub fn routes() -> Router<Arc<Shared>> {
     Router::new()

@@ -4,10 +4,10 @@
 //! injected faults. Also stamps the headers every Okta answer
 //! carries (`X-Okta-Request-Id`, `Date`, `X-Rate-Limit-*`) and writes the request log.
 //!
-//! Rate limits are Okta's management limits: per endpoint bucket ([`SimBucket`], the
-//! table in `okta/BEHAVIOUR.md`), a fixed window of about a minute, and a workforce
-//! org's numbers unless a test sets others, so that a client pacing by a coarser key
-//! than Okta's, or waiting a window out where none applies, is seen to be wrong.
+//! Rate limits are Okta's management limits (`limits`): per endpoint bucket, a fixed
+//! window of about a minute, and a workforce org's numbers unless a test sets others,
+//! so that a client pacing by a coarser key than Okta's, or waiting a window out where
+//! none applies, is seen to be wrong.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,116 +19,11 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use time::OffsetDateTime;
 
+use super::limits::{Bucket, BucketSnapshot, SimBucket};
+use super::oauth;
+use super::operations::operation_id;
 use super::state::{random_token, ApiError};
-use super::{oauth, routes, Bucket, Credential, FaultKind, RequestRecord, Shared, Store};
-
-/// A workforce org's limit on requests in flight (Okta: "75 concurrent transactions").
-pub const WORKFORCE_CONCURRENCY_LIMIT: usize = 75;
-
-/// One of Okta's management rate-limit buckets (per minute, workforce org, from
-/// developer.okta.com/docs/reference/rl-global-mgmt as `okta/BEHAVIOUR.md` lists them).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum SimBucket {
-    /// `GET|POST /api/v1/users`: list, search, create. 600.
-    Users,
-    /// `GET /api/v1/users/{idOrLogin}`. 2,000.
-    UserById,
-    /// `POST|PUT|DELETE /api/v1/users/{id}`: update, replace, delete. 600.
-    UserWrites,
-    /// `/api/v1/groups`. 500.
-    Groups,
-    /// `/api/v1/groups/{id}` and below (members). 1,000.
-    GroupById,
-    /// Every other `/api/v1` path (lifecycle, sessions, a user's groups). 1,200.
-    Other,
-}
-
-impl SimBucket {
-    /// Every bucket, in the order of [`RateLimit`]'s table.
-    pub const ALL: [SimBucket; 6] = [
-        SimBucket::Users,
-        SimBucket::UserById,
-        SimBucket::UserWrites,
-        SimBucket::Groups,
-        SimBucket::GroupById,
-        SimBucket::Other,
-    ];
-
-    /// The bucket a request counts in.
-    pub fn of(method: &Method, path: &str) -> SimBucket {
-        let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(3).collect();
-        match (segments.as_slice(), method.as_str()) {
-            (["users"], "GET" | "POST") => SimBucket::Users,
-            (["users", _], "GET") => SimBucket::UserById,
-            (["users", _], "POST" | "PUT" | "DELETE") => SimBucket::UserWrites,
-            (["groups"], _) => SimBucket::Groups,
-            (["groups", _, ..], _) => SimBucket::GroupById,
-            _ => SimBucket::Other,
-        }
-    }
-
-    fn index(self) -> usize {
-        self as usize
-    }
-}
-
-/// Okta's rate limits: requests allowed per window in each [`SimBucket`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RateLimit {
-    limits: [u32; SimBucket::ALL.len()],
-    window: Duration,
-}
-
-impl RateLimit {
-    /// The same limit in every bucket (each bucket counted on its own).
-    pub fn uniform(requests_per_window: u32, window: Duration) -> RateLimit {
-        RateLimit {
-            limits: [requests_per_window; SimBucket::ALL.len()],
-            window,
-        }
-    }
-
-    /// A workforce org's per-minute limits (`okta/BEHAVIOUR.md`, "Rate limits").
-    pub fn workforce() -> RateLimit {
-        RateLimit {
-            limits: [600, 2_000, 600, 500, 1_000, 1_200],
-            window: Duration::from_secs(60),
-        }
-    }
-
-    /// This limit, with `bucket` allowing `requests_per_window`.
-    pub fn with_limit(mut self, bucket: SimBucket, requests_per_window: u32) -> RateLimit {
-        self.limits[bucket.index()] = requests_per_window;
-        self
-    }
-
-    /// This limit, with windows of `window`.
-    pub fn with_window(mut self, window: Duration) -> RateLimit {
-        self.window = window;
-        self
-    }
-
-    /// Requests allowed per window in `bucket`.
-    pub fn limit(&self, bucket: SimBucket) -> u32 {
-        self.limits[bucket.index()]
-    }
-
-    /// Length of a window; Okta's is one minute.
-    pub fn window(&self) -> Duration {
-        self.window
-    }
-}
-
-/// A bucket's current window, for assertions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BucketSnapshot {
-    /// Requests counted in this window (refused ones included).
-    pub used: u32,
-    pub limit: u32,
-    pub remaining: u32,
-    /// When the window ends, UTC epoch seconds (`X-Rate-Limit-Reset`).
-    pub reset_epoch: i64,
-}
+use super::store::{FaultKind, RequestRecord, Shared, Store};
 
 /// `bucket`'s running window, if any.
 pub(super) fn snapshot(store: &Store, bucket: SimBucket) -> Option<BucketSnapshot> {
@@ -151,6 +46,14 @@ const UNLIMITED: u32 = 1_000_000;
 const UNLIMITED_WINDOW: Duration = Duration::from_secs(60);
 /// Oldest request-log entries are dropped past this many, to bound memory in benchmarks.
 const MAX_LOG: usize = 200_000;
+
+/// What an `/api/` caller proved to be, in [`authorize`]: the holder of the API token
+/// (every right), or of an access token with some scopes.
+#[derive(Debug, Clone)]
+enum Credential {
+    ApiToken,
+    AccessToken { scopes: Vec<String> },
+}
 
 /// The rate-limit headers of one answer.
 struct RateHeaders {
@@ -224,7 +127,7 @@ async fn api_gate(shared: &Arc<Shared>, request: Request, next: Next) -> Respons
         shared: shared.clone(),
         record: RequestRecord {
             method: method.to_string(),
-            operation: routes::operation_id(&method, &path),
+            operation: operation_id(&method, &path),
             path: path.clone(),
             query: request.uri().query().map(str::to_owned),
             status: 499,
@@ -377,7 +280,7 @@ fn authorize(
         ))),
         Some(Credential::ApiToken) => None,
         Some(Credential::AccessToken { scopes }) => {
-            let (named, accepted) = oauth::required_scope(routes::operation_id(method, path))?;
+            let (named, accepted) = oauth::required_scope(operation_id(method, path))?;
             let allowed = scopes.iter().any(|s| accepted.contains(&s.as_str()));
             (!allowed).then_some(Verdict::MissingScope(named))
         }
@@ -387,7 +290,7 @@ fn authorize(
 /// Counts a request in its bucket's fixed window; true when it is over the limit.
 fn count_request(store: &mut Store, bucket: SimBucket) -> (RateHeaders, bool) {
     let (limit, window) = match store.rate_limit {
-        Some(r) => (r.limit(bucket), r.window),
+        Some(r) => (r.limit(bucket), r.window()),
         None => (UNLIMITED, UNLIMITED_WINDOW),
     };
     let now = tokio::time::Instant::now();

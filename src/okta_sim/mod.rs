@@ -11,43 +11,55 @@
 //! running it beside the service uses [`serve_until`] and the unauthenticated
 //! `/__sim/` admin routes instead.
 //!
-//! Layout: `state` holds the directory and Okta's rules, `search` the `search=`
-//! language, `gate` what happens to every request before a route sees it (auth, rate
-//! limits, faults, latency, request log), `routes` the Okta endpoints, `oauth` the
-//! token endpoint and scopes of OAuth 2.0 service apps, `admin` the `/__sim/` endpoints.
+//! A test double, not production code: compiled only with the cargo feature `okta-sim`
+//! (on by default), which the deploy image leaves out (`docs/okta.md`).
+//!
+//! Layout, lowest first; each module uses only modules listed before it, so there is
+//! no import cycle: `search` the `search=` language; `state` the directory and Okta's
+//! rules (plain data; HTTP only in the body an `ApiError` becomes); `limits` the
+//! rate-limit buckets; `operations` Okta's operationId for a request; `dpop` and
+//! `oauth` DPoP proofs, the service apps and their tokens; `store` the one lock over
+//! everything mutable; `gate` what happens to every request before a route sees it
+//! (auth, rate limits, faults, latency, request log); `admin` the `/__sim/` endpoints;
+//! `routes` the Okta endpoints and the router that puts them behind the gate. This
+//! module starts the server and is the handle tests use.
 
 mod admin;
 mod dpop;
 #[cfg(test)]
 mod dpop_tests;
 mod gate;
+mod limits;
 mod oauth;
 #[cfg(test)]
 mod oauth_tests;
+mod operations;
 mod routes;
 mod search;
 mod state;
+mod store;
 #[cfg(test)]
 mod strict_tests;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 use time::OffsetDateTime;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use state::Directory;
+use store::{Shared, Store};
 
-pub use gate::{BucketSnapshot, RateLimit, SimBucket, WORKFORCE_CONCURRENCY_LIMIT};
+pub use limits::{BucketSnapshot, RateLimit, SimBucket, WORKFORCE_CONCURRENCY_LIMIT};
 pub use oauth::{test_key_pair, KeyKind, SimOAuthClient, TestKeyPair, TokenRecord};
+pub use state::{GroupType, SentEmail, UserStatus};
+pub use store::{Fault, FaultKind, RequestRecord};
 
 /// How to start the fake.
 #[derive(Debug, Clone)]
@@ -106,70 +118,13 @@ impl Default for SimConfig {
     }
 }
 
+/// Logged by every fake Okta that starts. `.ci/check-no-fake-okta` looks for this text in
+/// the binary built as the deploy image builds it: absent, the fake was left out.
+pub const FAKE_OKTA_MARKER: &str = "FAKE Okta (okta-sim feature) started";
+
 /// The fake's search lag unless told otherwise: long enough that a removal arriving
 /// right after a hire meets it, short enough that tests do not wait on it.
 pub const DEFAULT_SEARCH_LAG: Duration = Duration::from_secs(1);
-
-/// An email Okta would have sent, for assertions (`/__sim/emails`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct SentEmail {
-    pub user_id: String,
-    pub login: String,
-    /// What the email is for; `activation` (the welcome flow's link).
-    pub kind: &'static str,
-    /// The operation that sent it: `createUser` or `activateUser`.
-    pub operation: &'static str,
-}
-
-/// A user's lifecycle status, serialised as Okta spells it (`ACTIVE`, `LOCKED_OUT`, …).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum UserStatus {
-    Staged,
-    Provisioned,
-    Active,
-    Recovery,
-    PasswordExpired,
-    LockedOut,
-    Suspended,
-    Deprovisioned,
-}
-
-impl UserStatus {
-    /// Okta's name for the status.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            UserStatus::Staged => "STAGED",
-            UserStatus::Provisioned => "PROVISIONED",
-            UserStatus::Active => "ACTIVE",
-            UserStatus::Recovery => "RECOVERY",
-            UserStatus::PasswordExpired => "PASSWORD_EXPIRED",
-            UserStatus::LockedOut => "LOCKED_OUT",
-            UserStatus::Suspended => "SUSPENDED",
-            UserStatus::Deprovisioned => "DEPROVISIONED",
-        }
-    }
-}
-
-/// A group's type. Only `OKTA_GROUP` memberships can be changed through the API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum GroupType {
-    OktaGroup,
-    AppGroup,
-    BuiltIn,
-}
-
-impl GroupType {
-    /// Okta's name for the type.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            GroupType::OktaGroup => "OKTA_GROUP",
-            GroupType::AppGroup => "APP_GROUP",
-            GroupType::BuiltIn => "BUILT_IN",
-        }
-    }
-}
 
 /// A snapshot of a user, for assertions.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -182,99 +137,6 @@ pub struct SimUser {
     pub status_changed: OffsetDateTime,
     /// How many times `revokeUserSessions` was called for this user.
     pub sessions_revoked: u32,
-}
-
-/// A scripted misbehaviour: the next `times` matching `/api/` requests get `kind`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Fault {
-    /// HTTP method to match (any case); `None` matches every method.
-    pub method: Option<String>,
-    /// Substring of the path to match; `None` matches every path.
-    pub path_contains: Option<String>,
-    /// How many requests the fault applies to.
-    pub times: u32,
-    pub kind: FaultKind,
-}
-
-/// What an injected fault does.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FaultKind {
-    /// Answer this status with an Okta error body carrying `error_code`.
-    Status { status: u16, error_code: String },
-    /// Wait this long, then answer normally (lets a client's timeout fire).
-    Hang(Duration),
-    /// Drop the connection without a complete answer (the client sees a network error).
-    CloseConnection,
-}
-
-/// One `/api/` request as the fake saw it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct RequestRecord {
-    pub method: String,
-    pub path: String,
-    pub query: Option<String>,
-    pub status: u16,
-    /// Okta's operationId, e.g. `createUser`; `unknown` for routes the fake lacks.
-    pub operation: &'static str,
-    /// The answer's `X-Okta-Request-Id`.
-    pub request_id: String,
-    /// `X-Okta-Retry-For` as sent: the request id of the 429 this request retries.
-    pub retry_for: Option<String>,
-    /// `X-Okta-Retry-Count` as sent.
-    pub retry_count: Option<String>,
-}
-
-/// Fixed-window counter for one rate-limit bucket.
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    count: u32,
-    ends: tokio::time::Instant,
-    /// Window end as UTC epoch seconds, rounded up so a client waiting for it is never early.
-    ends_epoch: i64,
-}
-
-/// Everything mutable, behind one lock that is never held across an `.await`.
-#[derive(Debug, Default)]
-struct Store {
-    directory: Directory,
-    latency: Duration,
-    outage: Option<u16>,
-    rate_limit: Option<RateLimit>,
-    concurrency_limit: Option<usize>,
-    in_flight: usize,
-    buckets: HashMap<SimBucket, Bucket>,
-    faults: Vec<Fault>,
-    log: VecDeque<RequestRecord>,
-    rate_limited: u64,
-    oauth: oauth::OAuthState,
-    /// Every email the org would have sent, oldest first.
-    emails: Vec<SentEmail>,
-}
-
-/// What an `/api/` caller proved to be, in `gate::authorize`: the holder of the API
-/// token (every right), or of an access token with some scopes.
-#[derive(Debug, Clone)]
-enum Credential {
-    ApiToken,
-    AccessToken { scopes: Vec<String> },
-}
-
-/// State shared by the server and every [`OktaSim`] handle.
-#[derive(Debug)]
-struct Shared {
-    store: Mutex<Store>,
-    /// The token accepted as `Authorization: SSWS <token>`.
-    api_token: String,
-    /// The id of the org's default user type, shown as `type.id` on every user.
-    user_type_id: String,
-}
-
-impl Shared {
-    fn store(&self) -> MutexGuard<'_, Store> {
-        // A panic while holding the lock cannot leave the directory half-written in a
-        // way that matters to a fake; keep serving.
-        self.store.lock().unwrap_or_else(PoisonError::into_inner)
-    }
 }
 
 /// Stops the server when the last [`OktaSim`] handle goes away.
@@ -342,6 +204,7 @@ impl OktaSim {
         let app = routes::router(shared.clone());
         let serve =
             axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
+        tracing::info!(listen = %host, "{FAKE_OKTA_MARKER}");
         let task = tokio::spawn(async move {
             if let Err(error) = serve.await {
                 tracing::error!(%error, "fake Okta server stopped");

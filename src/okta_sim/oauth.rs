@@ -15,11 +15,8 @@
 //! API without a matching proof.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -30,7 +27,6 @@ use tokio::time::Instant;
 
 use super::dpop::{self, DpopState, Expected, ProofError};
 use super::state::random_token;
-use super::Shared;
 
 /// What Okta allows as the longest life of a client assertion.
 const MAX_ASSERTION_LIFETIME_SECS: u64 = 3600;
@@ -231,13 +227,10 @@ struct AssertionClaims {
     jti: Option<String>,
 }
 
-/// `POST /oauth2/v1/token`.
-pub(super) async fn token(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
+/// The answer to `POST /oauth2/v1/token`, given the service apps and tokens (the
+/// route, in `routes`, holds the store's lock for it).
+pub(super) fn token(oauth: &mut OAuthState, headers: &HeaderMap, body: &[u8]) -> Response {
+    let form: HashMap<String, String> = url::form_urlencoded::parse(body).into_owned().collect();
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
@@ -248,8 +241,6 @@ pub(super) async fn token(
         .iter()
         .filter_map(|v| v.to_str().ok())
         .collect();
-    let mut store = shared.store();
-    let oauth = &mut store.oauth;
     if let Some(assertion) = form.get("client_assertion") {
         oauth.assertions.push(assertion.clone());
     }
@@ -264,7 +255,6 @@ pub(super) async fn token(
         status,
         error,
     });
-    drop(store);
     let mut response = match result {
         Ok(body) => (StatusCode::OK, Json(body)).into_response(),
         Err(e) => {

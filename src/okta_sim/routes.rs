@@ -15,24 +15,14 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::search::{self, Op};
-use super::state::{group_json, random_token, user_json, ApiError, NewUser, UserView};
-use super::{admin, gate, oauth, GroupType, Shared, UserStatus};
+use super::state::{
+    group_json, random_token, user_json, ApiError, GroupType, NewUser, SentEmail, User, UserStatus,
+    UserView,
+};
+use super::store::Shared;
+use super::{admin, gate, oauth};
 
 type ApiResult = Result<Response, ApiError>;
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = json!({
-            "errorCode": self.code,
-            "errorSummary": self.summary,
-            "errorLink": self.code,
-            "errorId": format!("oae{}", random_token(22)),
-            "errorCauses": self.causes.iter().map(|c| json!({"errorSummary": c})).collect::<Vec<_>>(),
-        });
-        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, Json(body)).into_response()
-    }
-}
 
 /// Builds the whole application: API routes, admin routes, and the gate around them.
 pub fn router(shared: Arc<Shared>) -> Router {
@@ -55,7 +45,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
             "/api/v1/groups/{id}/users/{user_id}",
             put(assign).delete(unassign),
         )
-        .route("/oauth2/v1/token", post(oauth::token))
+        .route("/oauth2/v1/token", post(token))
         .merge(admin::routes())
         .fallback(|method: Method, uri: axum::http::Uri| async move {
             ApiError::not_found(&format!("{method} {}", uri.path()), "Route")
@@ -71,35 +61,9 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-/// Okta's operationId for a request, for the request log.
-pub fn operation_id(method: &Method, path: &str) -> &'static str {
-    let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(3).collect();
-    let m = method.as_str();
-    match (m, segments.as_slice()) {
-        ("GET", ["users"]) => "listUsers",
-        ("POST", ["users"]) => "createUser",
-        ("GET", ["users", _]) => "getUser",
-        ("POST", ["users", _]) => "updateUser",
-        ("PUT", ["users", _]) => "replaceUser",
-        ("DELETE", ["users", _]) => "deleteUser",
-        ("POST", ["users", _, "lifecycle", action]) => match *action {
-            "activate" => "activateUser",
-            "deactivate" => "deactivateUser",
-            "suspend" => "suspendUser",
-            "unsuspend" => "unsuspendUser",
-            "reactivate" => "reactivateUser",
-            _ => "unknown",
-        },
-        ("DELETE", ["users", _, "sessions"]) => "revokeUserSessions",
-        ("GET", ["users", _, "groups"]) => "listUserGroups",
-        ("GET", ["groups"]) => "listGroups",
-        ("POST", ["groups"]) => "addGroup",
-        ("GET", ["groups", _]) => "getGroup",
-        ("GET", ["groups", _, "users"]) => "listGroupUsers",
-        ("PUT", ["groups", _, "users", _]) => "assignUserToGroup",
-        ("DELETE", ["groups", _, "users", _]) => "unassignUserFromGroup",
-        _ => "unknown",
-    }
+/// `POST /oauth2/v1/token`: the OAuth rules are `oauth`'s; here only the store's lock.
+async fn token(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    oauth::token(&mut shared.store().oauth, &headers, &body)
 }
 
 /// What handlers need from the request line: the origin the client used (for links)
@@ -399,8 +363,8 @@ async fn lifecycle(
     ok_json(json!({}))
 }
 
-fn activation_email(user: &super::state::User, operation: &'static str) -> super::SentEmail {
-    super::SentEmail {
+fn activation_email(user: &User, operation: &'static str) -> SentEmail {
+    SentEmail {
         user_id: user.id.clone(),
         login: user.login().to_owned(),
         kind: "activation",

@@ -1,17 +1,79 @@
 //! The fake org's directory (users, groups, memberships) and Okta's rules over it.
 //!
-//! Everything here is plain data and plain functions, free of HTTP: the routes turn
-//! requests into calls on [`Directory`] and its [`ApiError`]s into Okta error bodies,
-//! so lifecycle and validation rules can be read (and changed) in one place.
+//! Everything here is plain data and plain functions, free of HTTP but for the body an
+//! [`ApiError`] becomes: the routes turn requests into calls on [`Directory`], so
+//! lifecycle and validation rules can be read (and changed) in one place.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
 use serde::ser::SerializeMap;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use time::OffsetDateTime;
 
-use super::{GroupType, UserStatus};
+/// A user's lifecycle status, serialised as Okta spells it (`ACTIVE`, `LOCKED_OUT`, …).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum UserStatus {
+    Staged,
+    Provisioned,
+    Active,
+    Recovery,
+    PasswordExpired,
+    LockedOut,
+    Suspended,
+    Deprovisioned,
+}
+
+impl UserStatus {
+    /// Okta's name for the status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UserStatus::Staged => "STAGED",
+            UserStatus::Provisioned => "PROVISIONED",
+            UserStatus::Active => "ACTIVE",
+            UserStatus::Recovery => "RECOVERY",
+            UserStatus::PasswordExpired => "PASSWORD_EXPIRED",
+            UserStatus::LockedOut => "LOCKED_OUT",
+            UserStatus::Suspended => "SUSPENDED",
+            UserStatus::Deprovisioned => "DEPROVISIONED",
+        }
+    }
+}
+
+/// A group's type. Only `OKTA_GROUP` memberships can be changed through the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum GroupType {
+    OktaGroup,
+    AppGroup,
+    BuiltIn,
+}
+
+impl GroupType {
+    /// Okta's name for the type.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupType::OktaGroup => "OKTA_GROUP",
+            GroupType::AppGroup => "APP_GROUP",
+            GroupType::BuiltIn => "BUILT_IN",
+        }
+    }
+}
+
+/// An email Okta would have sent, for assertions (`/__sim/emails`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SentEmail {
+    pub user_id: String,
+    pub login: String,
+    /// What the email is for; `activation` (the welcome flow's link).
+    pub kind: &'static str,
+    /// The operation that sent it: `createUser` or `activateUser`.
+    pub operation: &'static str,
+}
 
 /// An Okta error: HTTP status, `errorCode`, `errorSummary` and `errorCauses`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,6 +169,22 @@ impl ApiError {
             _ => "Simulated fault",
         };
         ApiError::new(status, code, summary)
+    }
+}
+
+/// The body Okta answers an error with. Here, beside the error, because the gate and the
+/// token endpoint answer errors too, not only the routes.
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({
+            "errorCode": self.code,
+            "errorSummary": self.summary,
+            "errorLink": self.code,
+            "errorId": format!("oae{}", random_token(22)),
+            "errorCauses": self.causes.iter().map(|c| json!({"errorSummary": c})).collect::<Vec<_>>(),
+        });
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, Json(body)).into_response()
     }
 }
 
