@@ -18,6 +18,7 @@ pub mod mapping_reload;
 pub mod metrics;
 pub mod okta;
 pub mod okta_sim;
+pub mod ops;
 pub mod otel;
 pub mod outage;
 pub mod pii;

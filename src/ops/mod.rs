@@ -1,0 +1,3 @@
+//! Operator commands that run beside the service.
+
+pub mod reconcile;
