@@ -480,7 +480,10 @@ async fn fix_repairs_through_the_pipeline_until_okta_matches_the_roster() {
             summaries.push(body);
             continue;
         }
-        let id = body["source_event_id"].as_str().unwrap_or_default().to_owned();
+        let id = body["source_event_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         if body["status"] != "retrying" && event_ids.contains(&id) {
             finals.insert(id, body);
         }
