@@ -81,21 +81,18 @@ async fn bench(users: usize) -> Result<()> {
         let drift = (n % DRIFT_EVERY < 5).then_some(n % DRIFT_EVERY);
         let mut last_name = "Lovelace";
         let mut status = UserStatus::Active;
-        match drift {
-            Some(kind) => {
-                expected[kind] += 1;
-                match kind {
-                    2 => status = UserStatus::Deprovisioned,
-                    3 => groups.push(if engineering {
-                        sales.clone()
-                    } else {
-                        eng.clone()
-                    }),
-                    4 => last_name = "Byron",
-                    _ => {}
-                }
+        if let Some(kind) = drift {
+            expected[kind] += 1;
+            match kind {
+                2 => status = UserStatus::Deprovisioned,
+                3 => groups.push(if engineering {
+                    sales.clone()
+                } else {
+                    eng.clone()
+                }),
+                4 => last_name = "Byron",
+                _ => {}
             }
-            None => {}
         }
         if drift != Some(0) {
             writeln!(

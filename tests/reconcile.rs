@@ -142,12 +142,11 @@ fn seed_every_kind(sim: &OktaSim, groups: &[String; 4]) -> Vec<Value> {
     // Groups: the roster says Sales; Okta has Engineering-Core and not Sales.
     seed("E-5", "e5@example.com", UserStatus::Active, &[eng]);
     // Profile: Okta's last name differs.
-    let e6 = sim.create_user(
+    sim.create_user(
         json!({"login": "e6@example.com", "email": "e6@example.com", "firstName": "Ada",
                "lastName": "Byron", "employeeNumber": "E-6", "title": "Engineer"}),
         UserStatus::Active,
     );
-    let _ = e6;
     // A leaver done right: deactivated, not in the roster: no finding.
     seed("E-7", "e7@example.com", UserStatus::Deprovisioned, &[sales]);
     // Unmatched: in a mapped group, no employee number.
@@ -265,6 +264,64 @@ async fn a_roster_in_step_exits_zero_and_a_json_array_roster_is_read() {
     let output = reconcile(&names, &sim, &array, &[], &[]).await;
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     assert!(String::from_utf8_lossy(&output.stdout).contains("(total 0)"));
+}
+
+#[tokio::test]
+async fn the_mapped_groups_scope_answers_for_the_members_of_mapped_groups() {
+    let (sim, [eng, github, sales, _]) = sim_with_groups(SimConfig::default()).await;
+    let e1 = sim.create_user(okta_profile("E-1", "e1@example.com"), UserStatus::Active);
+    sim.add_member(&eng, &e1);
+    sim.add_member(&github, &e1);
+    // In Okta, in no mapped group, and the roster gives it none: found by login, in step.
+    sim.create_user(okta_profile("E-2", "e2@example.com"), UserStatus::Active);
+    // Not in the roster, in a mapped group: an orphan.
+    let e4 = sim.create_user(okta_profile("E-4", "e4@example.com"), UserStatus::Active);
+    sim.add_member(&sales, &e4);
+    // Not in the roster, in no mapped group: outside this scope.
+    sim.create_user(okta_profile("E-9", "e9@example.com"), UserStatus::Active);
+    let roster = vec![
+        employee("E-1", "e1@example.com", &["Engineering"]),
+        employee("E-2", "e2@example.com", &[]),
+        employee("E-3", "e3@example.com", &[]),
+    ];
+    let names = names("reconcile-scope");
+    let output = reconcile(
+        &names,
+        &sim,
+        &roster_text(&roster),
+        &["--json", "--scope", "mapped-groups"],
+        &[],
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let report = json_report(&output);
+    assert_eq!(report["scope"], "mapped-groups");
+    assert_eq!(report["okta_users_in_scope"], 2, "{report:#}");
+    let found: Vec<(String, String)> = report["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .map(|f| {
+            (
+                f["kind"].as_str().unwrap_or_default().to_owned(),
+                f["employee_id"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        found,
+        vec![
+            ("orphan".to_owned(), "E-4".to_owned()),
+            ("missing".to_owned(), "E-3".to_owned())
+        ]
+    );
+    assert!(
+        !sim.request_log()
+            .iter()
+            .any(|r| r.query.as_deref().is_some_and(|q| q.contains("search"))
+                && r.path == "/api/v1/users"),
+        "no listing of every user in this scope"
+    );
 }
 
 #[tokio::test]

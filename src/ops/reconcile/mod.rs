@@ -529,7 +529,12 @@ async fn look_up_outside_groups(
     snapshot.records.push(okta_side::OktaRecord {
         user_id: user.id.clone().into_boxed_str(),
         status: user.account_status(),
-        login: login.into(),
+        login: user
+            .profile
+            .get("login")
+            .and_then(Value::as_str)
+            .unwrap_or(login)
+            .into(),
         employee_number: Some(employee_id.into()),
         profile: serde_json::to_string(&profile)
             .unwrap_or_default()
