@@ -264,6 +264,24 @@ async fn a_roster_in_step_exits_zero_and_a_json_array_roster_is_read() {
     let output = reconcile(&names, &sim, &array, &[], &[]).await;
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     assert!(String::from_utf8_lossy(&output.stdout).contains("(total 0)"));
+
+    // An org that refuses `pr` in a search: every user by status, the same answer.
+    sim.create_user(
+        json!({"login": "nobody@example.com", "email": "nobody@example.com", "firstName": "N", "lastName": "B"}),
+        UserStatus::Active,
+    );
+    sim.inject_fault(Fault {
+        method: Some("GET".into()),
+        path_contains: Some("/api/v1/users".into()),
+        times: 1,
+        kind: FaultKind::Status {
+            status: 400,
+            error_code: "E0000031".into(),
+        },
+    });
+    let output = reconcile(&names, &sim, &array, &[], &[]).await;
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(stderr(&output).contains("listing every user by status instead"));
 }
 
 #[tokio::test]

@@ -133,21 +133,55 @@ impl<'a> OktaReader<'a> {
         }
     }
 
-    /// Reads every user with an employee number into the scope.
+    /// Reads every user with an employee number into the scope:
+    /// `search=profile.employeeNumber pr`, or, where an org refuses `pr` in a search
+    /// (400 `E0000031`), every user by status (`search` with `eq` and `or`, which Okta
+    /// documents) with those without an employee number dropped here.
     ///
     /// # Errors
     /// The [`OktaError`] that stopped the listing.
     pub async fn read_employee_number_scope(&mut self) -> Result<(), OktaError> {
-        let url = self
+        let first = self
             .client
             .search_users_url("profile.employeeNumber pr", self.page_limit);
-        let mut next = Some(url);
+        match self.read_users(first).await {
+            Err(e) if e.is(400, "E0000031") => {
+                self.progress.warn(
+                    "Okta refused `search=profile.employeeNumber pr`; listing every user by status instead",
+                );
+                let every_status = [
+                    "STAGED",
+                    "PROVISIONED",
+                    "ACTIVE",
+                    "RECOVERY",
+                    "PASSWORD_EXPIRED",
+                    "LOCKED_OUT",
+                    "SUSPENDED",
+                    "DEPROVISIONED",
+                ]
+                .map(|s| format!("status eq \"{s}\""))
+                .join(" or ");
+                let url = self.client.search_users_url(&every_status, self.page_limit);
+                self.read_users(url).await
+            }
+            other => other,
+        }
+    }
+
+    async fn read_users(&mut self, first: Url) -> Result<(), OktaError> {
+        let mut next = Some(first);
         let mut users = 0u64;
         while let Some(url) = next.take() {
             let page: Page<ListedUser> = self.fetch("listUsers", url).await?;
-            users += page.items.len() as u64;
             for user in page.items {
-                self.keep(user, true, None);
+                let numbered = user
+                    .profile
+                    .get("employeeNumber")
+                    .is_some_and(|n| n.as_str().map_or(!n.is_null(), |s| !s.trim().is_empty()));
+                if numbered {
+                    users += 1;
+                    self.keep(user, true, None);
+                }
             }
             next = page.next;
             let pages = self.snapshot.stats.pages;
