@@ -200,6 +200,8 @@ pub async fn run(
                 &written_keys,
             )
             .await?;
+            // A user found so has a record of its own now.
+            matched.resize(snapshot.records.len(), false);
         }
         let okta_record = index.map(|i| &snapshot.records[i as usize]);
         if let Some(i) = index {
