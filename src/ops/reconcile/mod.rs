@@ -74,7 +74,13 @@ pub enum ReconcileError {
     #[error("cannot read Okta's users")]
     Okta(#[from] OktaError),
     #[error(transparent)]
-    Fix(#[from] FixError),
+    Fix(Box<FixError>),
+}
+
+impl From<FixError> for ReconcileError {
+    fn from(error: FixError) -> Self {
+        Self::Fix(Box::new(error))
+    }
 }
 
 /// A finished run: its report and the exit status it means.
