@@ -252,14 +252,29 @@ async fn every_kind_of_drift_is_reported_and_nothing_changes_without_fix() {
 
 #[tokio::test]
 async fn a_roster_in_step_exits_zero_and_a_json_array_roster_is_read() {
-    let (sim, [eng, github, ..]) = sim_with_groups(SimConfig::default()).await;
+    let (sim, [eng, github, sales, _]) = sim_with_groups(SimConfig::default()).await;
     let user = sim.create_user(okta_profile("E-1", "e1@example.com"), UserStatus::Active);
     sim.add_member(&eng, &user);
     sim.add_member(&github, &user);
+    // Seeded in bulk through the fake's admin API, as a person would for a large org.
+    let seeded: Value = reqwest::Client::new()
+        .post(format!("{}/__sim/users/bulk", sim.base_url()))
+        .json(
+            &json!([{"profile": okta_profile("E-2", "e2@example.com"), "status": "ACTIVE",
+                       "groups": [sales]}]),
+        )
+        .send()
+        .await
+        .expect("the bulk call answers")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(seeded["created"], 1);
     let names = names("reconcile-clean");
     let array = format!(
-        "[\n  {}\n]\n",
-        employee("E-1", "e1@example.com", &["Engineering"])
+        "[\n  {},\n  {}\n]\n",
+        employee("E-1", "e1@example.com", &["Engineering"]),
+        employee("E-2", "e2@example.com", &["Sales"])
     );
     let output = reconcile(&names, &sim, &array, &[], &[]).await;
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
@@ -616,6 +631,9 @@ async fn fix_repairs_through_the_pipeline_until_okta_matches_the_roster() {
 async fn only_groups_reapplies_the_mapping_and_fixes_nothing_else() {
     let options = Options {
         okta_groups: vec![],
+        // Reconciliation's events pass as an HR publisher's: their `user_id` is the
+        // broker user of AMQP_URL (guest here).
+        env: vec![("TRUSTED_PUBLISHERS", "guest".to_owned())],
         sim: SimConfig {
             search_lag: Duration::ZERO,
             ..SimConfig::default()
