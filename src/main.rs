@@ -58,6 +58,9 @@ enum Command {
     /// Tools for the group mapping.
     #[command(subcommand)]
     Mapping(MappingCommand),
+    /// Compare HR's roster with Okta and report the drift; with --fix, repair it by
+    /// publishing corrective events. Exit 0: no drift, 1: drift, 2: error.
+    Reconcile(iam_provisioner::ops::reconcile::cli::ReconcileArgs),
 }
 
 #[derive(Subcommand)]
@@ -177,7 +180,7 @@ fn main() -> ExitCode {
     let logging = match cli.command {
         // Their errors are reported as their one line; the AMQP library's own log lines
         // about the same failure would only repeat it.
-        Command::Dlq(_) | Command::Replay(_) | Command::Held(_) => {
+        Command::Dlq(_) | Command::Replay(_) | Command::Held(_) | Command::Reconcile(_) => {
             iam_provisioner::telemetry::init_with_default_filter("warn,lapin=off")
         }
         _ => iam_provisioner::telemetry::init(),
@@ -196,8 +199,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Its own exit statuses (0 no drift, 1 drift, 2 error), so handled apart.
+    let command = match cli.command {
+        Command::Reconcile(args) => {
+            let code = runtime.block_on(iam_provisioner::ops::reconcile::cli::command(args));
+            telemetry.shutdown();
+            return ExitCode::from(code);
+        }
+        other => other,
+    };
     let result = runtime.block_on(async {
-        match cli.command {
+        match command {
             Command::Run(args) => run(args).await,
             #[cfg(feature = "okta-sim")]
             Command::OktaSim(args) => run_sim(args).await,
@@ -209,6 +221,7 @@ fn main() -> ExitCode {
             }
             Command::Held(command) => run_held(command).await,
             Command::Mapping(MappingCommand::Check) => run_mapping_check().await,
+            Command::Reconcile(_) => Ok(()),
         }
     });
     // The last spans (the shutdown itself) reach the collector before the process ends.

@@ -391,6 +391,17 @@ fn parse_inner(
     })
 }
 
+/// Parses an `employee` object exactly as `employee.added` does (same fields, same
+/// rules, same messages): for HR's full roster, which reconciliation reads line by line.
+///
+/// # Errors
+/// A [`ValidationError`] naming the first field that is missing or malformed.
+pub fn parse_employee_record(
+    employee: &Map<String, Value>,
+) -> Result<EmployeeRecord, ValidationError> {
+    parse_record(employee)
+}
+
 fn parse_record(employee: &Map<String, Value>) -> Result<EmployeeRecord, ValidationError> {
     let id = EmployeeId::parse("employee.id", required_str(employee, "id", "employee.id")?)?;
     let email = Email::parse(

@@ -161,10 +161,10 @@ pub enum OktaSetupError {
 }
 
 /// A successful answer, already read.
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Vec<u8>,
+pub(super) struct Answer {
+    pub(super) status: StatusCode,
+    pub(super) headers: HeaderMap,
+    pub(super) body: Vec<u8>,
 }
 
 impl OktaClient {
@@ -253,7 +253,7 @@ impl OktaClient {
         (value >= 0).then_some(value)
     }
 
-    fn url(&self, segments: &[&str]) -> Url {
+    pub(super) fn url(&self, segments: &[&str]) -> Url {
         let mut url = self.inner.base.clone();
         if let Ok(mut path) = url.path_segments_mut() {
             path.pop_if_empty();
@@ -567,7 +567,7 @@ impl OktaClient {
     /// Sends one request, waiting out 429s as Okta's SDKs do, and turns error answers
     /// into [`OktaError`].
     #[tracing::instrument(name = "okta", skip_all, fields(otel.name = operation, otel.kind = "client", okta.operation = operation, http.request.method = %method, okta.request_id = tracing::field::Empty, http.response.status_code = tracing::field::Empty, otel.status_code = tracing::field::Empty))]
-    async fn call(
+    pub(super) async fn call(
         &self,
         operation: &'static str,
         method: Method,
@@ -779,7 +779,10 @@ async fn send_and_read(request: reqwest::RequestBuilder) -> Result<Answer, reqwe
     })
 }
 
-fn decode<T: DeserializeOwned>(operation: &'static str, answer: &Answer) -> Result<T, OktaError> {
+pub(super) fn decode<T: DeserializeOwned>(
+    operation: &'static str,
+    answer: &Answer,
+) -> Result<T, OktaError> {
     serde_json::from_slice(&answer.body).map_err(|e| OktaError::Decode {
         operation,
         message: e.to_string(),
@@ -841,7 +844,7 @@ fn api_error(operation: &'static str, answer: &Answer, request_id: Option<String
     }))
 }
 
-fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub(super) fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 

@@ -7,6 +7,7 @@ pub mod dpop;
 pub mod dry_run;
 pub mod error;
 pub mod groups;
+pub mod listing;
 pub mod pacing;
 pub mod search;
 

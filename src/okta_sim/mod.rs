@@ -299,6 +299,31 @@ impl OktaSim {
         self.shared.store().directory.insert_user(profile, status)
     }
 
+    /// Seeds many users at once under one lock, each in any status and made a member of
+    /// the given group ids (unknown ones skipped), without validation; returns their ids
+    /// in order. A benchmark's 100,000 users take well under a second this way.
+    pub fn seed_users(
+        &self,
+        users: impl IntoIterator<Item = (Value, UserStatus, Vec<String>)>,
+    ) -> Vec<String> {
+        let mut store = self.shared.store();
+        let directory = &mut store.directory;
+        users
+            .into_iter()
+            .map(|(profile, status, groups)| {
+                let profile = match profile {
+                    Value::Object(map) => map,
+                    _ => serde_json::Map::new(),
+                };
+                let id = directory.insert_user(profile, status);
+                for group in &groups {
+                    directory.add_member(group, &id);
+                }
+                id
+            })
+            .collect()
+    }
+
     /// Sets a user's status directly, stamping `statusChanged`; false if unknown.
     pub fn set_user_status(&self, user_id: &str, status: UserStatus) -> bool {
         self.shared.store().directory.force_status(user_id, status)

@@ -107,6 +107,14 @@ impl Ctx {
             .map(|(_, v)| v.as_str())
     }
 
+    /// The sequence number after which a paged listing resumes (0: from the start); a
+    /// bad cursor is left for [`Ctx::page`] to refuse. Handlers skip earlier records
+    /// before turning them into JSON: a listing of 100,000 users then costs one page's
+    /// JSON per request, not the whole directory's.
+    fn resume_after(&self) -> u64 {
+        self.param("after").and_then(decode_cursor).unwrap_or(0)
+    }
+
     fn flag(&self, name: &str, default: bool) -> Result<bool, ApiError> {
         match self.param(name) {
             None => Ok(default),
@@ -122,7 +130,12 @@ impl Ctx {
     /// The page of `items` (each with its creation sequence number) that `limit` and
     /// `after` select, with Okta's `Link` headers. Unpaged listings (`q=`) never get a
     /// `next` link.
-    fn page(&self, items: Vec<(u64, Value)>, default_limit: usize, paged: bool) -> ApiResult {
+    fn page(
+        &self,
+        items: impl IntoIterator<Item = (u64, Value)>,
+        default_limit: usize,
+        paged: bool,
+    ) -> ApiResult {
         let limit = match self.param("limit") {
             None => default_limit,
             Some(text) => match text.parse::<usize>() {
@@ -456,17 +469,18 @@ const GROUP_FILTER_ATTRIBUTES: &[&str] = &["id", "type", "lastUpdated", "lastMem
 async fn list_users(State(shared): State<Arc<Shared>>, ctx: Ctx) -> ApiResult {
     let listing = Listing::from_query(&ctx, USER_FILTER_ATTRIBUTES)?;
     let store = shared.store();
+    let (limit, paged) = listing.paging(200, 10);
+    let after = if paged { ctx.resume_after() } else { 0 };
     let items = store
         .directory
         .users
         .iter()
+        .filter(|u| u.seq > after)
         .filter(|u| listing.shows_deactivated() || u.status != UserStatus::Deprovisioned)
         // Okta's search index lags writes; the plain list and `q` do not use it.
         .filter(|u| !matches!(listing, Listing::Criteria(_)) || u.searchable())
         .map(|u| (u.seq, user_json(u, &ctx.origin, &shared.user_type_id)))
-        .filter(|(_, json)| listing.selects(json, &["firstName", "lastName", "email", "login"]))
-        .collect();
-    let (limit, paged) = listing.paging(200, 10);
+        .filter(|(_, json)| listing.selects(json, &["firstName", "lastName", "email", "login"]));
     ctx.page(items, limit, paged)
 }
 
@@ -485,7 +499,7 @@ async fn list_user_groups(
         .groups_of(&user.id)
         .into_iter()
         .map(|g| (g.seq, group_json(g, &ctx.origin)));
-    ctx.page(items.collect(), 10_000, true)
+    ctx.page(items, 10_000, true)
 }
 
 async fn list_groups(State(shared): State<Arc<Shared>>, ctx: Ctx) -> ApiResult {
@@ -496,8 +510,7 @@ async fn list_groups(State(shared): State<Arc<Shared>>, ctx: Ctx) -> ApiResult {
         .groups
         .iter()
         .map(|g| (g.seq, group_json(g, &ctx.origin)))
-        .filter(|(_, json)| listing.selects(json, &["name"]))
-        .collect();
+        .filter(|(_, json)| listing.selects(json, &["name"]));
     let (limit, paged) = listing.paging(10_000, 300);
     ctx.page(items, limit, paged)
 }
@@ -572,12 +585,14 @@ async fn list_group_users(
         .find_group(&id)
         .ok_or_else(|| ApiError::not_found(&id, "UserGroup"))?;
     let type_id = shared.user_type_id.as_str();
+    let after = ctx.resume_after();
     let items = store
         .directory
         .members_of(&id)
         .into_iter()
+        .filter(|u| u.seq > after)
         .map(|u| (u.seq, user_json(u, &ctx.origin, type_id)));
-    ctx.page(items.collect(), 1000, true)
+    ctx.page(items, 1000, true)
 }
 
 async fn assign(
