@@ -224,13 +224,14 @@ fn mapped_group_names(mapping: &GroupMapping) -> Vec<String> {
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let settings = Settings::from_env(args.okta_sim)?;
-    iam_provisioner::telemetry::pii::set_log_mode(settings.log_pii);
+    iam_provisioner::telemetry::pii::set_log_mode(settings.telemetry.log_pii);
     if args.okta_sim && !args.okta_sim_allow_remote_broker {
-        iam_provisioner::config::refuse_remote_broker_for_sim(&settings.amqp_url)?;
+        iam_provisioner::config::refuse_remote_broker_for_sim(&settings.amqp.url)?;
     }
-    let mut mapping = settings.mapping.clone();
+    // The one read of GROUP_MAPPING_FILE at start-up (asynchronous; it checks the file).
+    let mut mapping = settings.mapping.load().await?;
     let mut _sim_guard = None;
-    let okta = match &settings.okta {
+    let okta = match &settings.okta.target {
         OktaTarget::Org { url, auth } => OktaEndpoint {
             url: url.clone(),
             auth: auth.clone(),
@@ -265,14 +266,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         tracing::warn!("no group mapping configured: users are created without groups");
         GroupMapping::default()
     });
-    if settings.dry_run {
+    if settings.pipeline.dry_run {
         tracing::warn!("DRY_RUN: Okta is read but never changed; outcomes list what would have been done (\"dry_run\": true)");
     }
     tracing::info!(
         okta = %okta.url,
-        offboarding = ?settings.offboarding,
-        concurrency = settings.concurrency,
-        work_queue = %settings.topology.work_queue,
+        offboarding = ?settings.pipeline.offboarding,
+        concurrency = settings.pipeline.concurrency,
+        work_queue = %settings.amqp.topology.work_queue,
         "starting iam-provisioner"
     );
     let app = Application::build(settings, okta, mapping).await?;
@@ -397,17 +398,17 @@ async fn audit_held(
 
 async fn run_mapping_check() -> anyhow::Result<()> {
     let settings = Settings::from_env(false)?;
-    let OktaTarget::Org { url, auth } = &settings.okta else {
+    let OktaTarget::Org { url, auth } = &settings.okta.target else {
         anyhow::bail!(
             "mapping check needs a real Okta (OKTA_ORG_URL and OKTA_API_TOKEN or OKTA_CLIENT_ID)"
         );
     };
-    let Some(mapping) = &settings.mapping else {
+    let Some(mapping) = settings.mapping.load().await? else {
         anyhow::bail!("GROUP_MAPPING or GROUP_MAPPING_FILE: no mapping configured to check");
     };
-    let client = OktaClient::with_auth(url.clone(), auth, settings.okta_client.clone())?;
-    let groups = GroupDirectory::new(client, settings.group_cache_ttl);
-    let rows = mapping_check::check(mapping, &groups).await;
+    let client = OktaClient::with_auth(url.clone(), auth, settings.okta.client.clone())?;
+    let groups = GroupDirectory::new(client, settings.okta.group_cache_ttl);
+    let rows = mapping_check::check(&mapping, &groups).await;
     print!("{}", mapping_check::render(&rows));
     let problems = rows.iter().filter(|r| r.result.is_err()).count();
     if problems > 0 {

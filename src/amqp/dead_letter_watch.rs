@@ -19,10 +19,10 @@
 use super::headers;
 use super::publisher::{PublishError, Publisher};
 use super::topology::TopologyNames;
-use crate::config::secret::Secret;
 use crate::domain::event::printable;
 use crate::domain::outcome::{ErrorKind, Failure, Outcome, OutcomeStatus};
 use crate::ops::dlq::record::{broker_death, BrokerDeath};
+use crate::secret::Secret;
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;

@@ -198,9 +198,9 @@ impl GroupDirectory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::secret::Secret;
     use crate::okta::OktaClientSettings;
     use crate::okta_sim::{GroupType, OktaSim, SimConfig};
+    use crate::secret::Secret;
 
     async fn directory(ttl: Duration) -> (OktaSim, GroupDirectory) {
         let sim = OktaSim::start(SimConfig::default())

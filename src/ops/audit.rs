@@ -13,10 +13,10 @@
 //! docs/security-operations.md).
 
 use crate::amqp::publisher::{PublishError, Publisher};
-use crate::config::secret::redact_url_password;
-use crate::config::BrokerSettings;
+use crate::amqp::BrokerSettings;
 use crate::domain::event::printable;
 use crate::domain::outcome::format_timestamp;
+use crate::secret::redact_url_password;
 use crate::telemetry::metrics::PublishedMessage;
 use lapin::types::ShortString;
 use lapin::BasicProperties;

@@ -16,7 +16,7 @@
 use crate::amqp::headers;
 use crate::amqp::parking::{self, ParkingNames};
 use crate::amqp::publisher::{PublishError, Publisher};
-use crate::config::secret::{redact_url_password, Secret};
+use crate::secret::{redact_url_password, Secret};
 use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use time::format_description::well_known::Rfc3339;

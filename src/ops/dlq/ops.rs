@@ -20,8 +20,8 @@ use super::record::{replay_copy, DeadLetter};
 use super::selection::{Selection, Selector};
 use crate::amqp::publisher::PublishError;
 use crate::amqp::topology::{self, TopologyError};
-use crate::config::secret::redact_url_password;
-use crate::config::BrokerSettings;
+use crate::amqp::BrokerSettings;
+use crate::secret::redact_url_password;
 use futures_util::FutureExt;
 use lapin::message::Delivery;
 use lapin::options::{
