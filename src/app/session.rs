@@ -325,15 +325,24 @@ impl Application {
         tokio::pin!(intake);
         let mut intake_running = plan.intake;
         self.health.set_consuming(true);
-        tracing::info!(
-            queues = ?plan.queues.iter().map(|q| q.queue.as_str()).collect::<Vec<_>>(),
-            standby = ?plan.standby.iter().map(|q| q.queue.as_str()).collect::<Vec<_>>(),
-            standby_in_ms = plan.standby_delay.as_millis() as u64,
-            intake = plan.intake,
-            concurrency = self.settings.pipeline.concurrency,
-            leaver_concurrency = self.settings.pipeline.leaver_concurrency,
-            "consuming"
-        );
+        let queues: Vec<&str> = plan.queues.iter().map(|q| q.queue.as_str()).collect();
+        if plan.intake {
+            let standby: Vec<&str> = plan.standby.iter().map(|q| q.queue.as_str()).collect();
+            tracing::info!(
+                queues = ?queues,
+                standby = ?standby,
+                standby_in_ms = plan.standby_delay.as_millis() as u64,
+                concurrency = self.settings.pipeline.concurrency,
+                "consuming partitions"
+            );
+        } else {
+            tracing::info!(
+                queues = ?queues,
+                concurrency = self.settings.pipeline.concurrency,
+                leaver_concurrency = self.settings.pipeline.leaver_concurrency,
+                "consuming"
+            );
+        }
 
         let mut tasks = JoinSet::new();
         let mut ticker = tokio::time::interval(Duration::from_secs(5));
