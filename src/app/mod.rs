@@ -14,7 +14,7 @@ use crate::amqp::topology::TopologyError;
 use crate::config::Settings;
 use crate::domain::mapping::GroupMapping;
 use crate::http::Health;
-use crate::okta::groups::GroupDirectory;
+use crate::okta::groups::{CacheStatsReader, GroupDirectory};
 use crate::okta::{OktaAuth, OktaClient};
 use crate::pipeline::circuit::OktaCircuit;
 use crate::pipeline::deferral::Deferral;
@@ -153,7 +153,8 @@ impl Application {
         let mut metrics_registry = MetricsRegistry::new(
             &metrics,
             Scraped {
-                provisioner: Arc::clone(&provisioner),
+                group_cache: provisioner.groups().stats_reader(),
+                okta: provisioner.okta().clone(),
                 health: health.clone(),
             },
         );
@@ -283,16 +284,17 @@ impl Application {
     }
 }
 
-/// What `/metrics` reads at scrape time, from the parts that keep it: the group cache
-/// and the Okta client (both held by the provisioner), and the health flags.
+/// What `/metrics` reads at scrape time, from the parts that keep it: the group cache's
+/// counters, the Okta client's last rate-limit figure, and the health flags.
 struct Scraped {
-    provisioner: Arc<Provisioner>,
+    group_cache: CacheStatsReader,
+    okta: OktaClient,
     health: Health,
 }
 
 impl ScrapedState for Scraped {
     fn group_cache(&self) -> CacheCounts {
-        let stats = self.provisioner.groups().stats();
+        let stats = self.group_cache.get();
         CacheCounts {
             hits: stats.hits,
             misses: stats.misses,
@@ -300,7 +302,7 @@ impl ScrapedState for Scraped {
         }
     }
     fn okta_rate_limit_remaining(&self) -> Option<i64> {
-        self.provisioner.okta().last_rate_limit_remaining()
+        self.okta.last_rate_limit_remaining()
     }
     fn consumer_paused(&self) -> bool {
         self.health.is_okta_paused()
