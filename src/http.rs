@@ -1,15 +1,23 @@
-//! Liveness and readiness, as Kubernetes probes and load balancers read them:
-//! `/healthz` says the process and its loops are turning; `/readyz` says it can do its
-//! job now (broker connected, consumer active), and the body says which part is not.
+//! The service's HTTP endpoints. Liveness and readiness, as Kubernetes probes and load
+//! balancers read them: `/healthz` says the process and its loops are turning; `/readyz`
+//! says it can do its job now (broker connected, consumer active), and the body says
+//! which part is not. `/metrics` serves the OpenMetrics text of
+//! [`crate::telemetry::metrics`].
+//!
+//! [`Health`] is a set of plain flags the other parts set; this module reads no other
+//! part of the service.
 
+use crate::telemetry::metrics::{MetricsRegistry, CONTENT_TYPE};
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::net::TcpListener;
 
 /// The service's health, updated by its loops and read by the HTTP endpoints.
 #[derive(Clone, Default)]
@@ -23,7 +31,7 @@ struct HealthState {
     consuming: AtomicBool,
     okta_paused: AtomicBool,
     shutting_down: AtomicBool,
-    /// The protected groups have not been read yet (`crate::trust::protected`).
+    /// The protected accounts have not been read from Okta yet: no event may run.
     protected_loading: AtomicBool,
     /// Unix milliseconds of the consumer loop's last turn.
     last_tick_ms: AtomicU64,
@@ -185,12 +193,47 @@ impl Health {
     }
 }
 
-/// The router of the health endpoints; the metrics route is added beside it.
-pub fn router(health: Health) -> Router {
+/// Serves `/healthz`, `/readyz` and `/metrics` on `listener` until `shutdown` completes;
+/// requests in progress then finish.
+pub async fn serve(
+    listener: TcpListener,
+    health: Health,
+    registry: Arc<MetricsRegistry>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let app = router(health).merge(metrics_router(registry));
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
+    if let Err(e) = served {
+        tracing::error!(error = %e, "health endpoint stopped");
+    }
+}
+
+/// The router of the health endpoints.
+fn router(health: Health) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(health)
+}
+
+/// The `/metrics` route.
+fn metrics_router(registry: Arc<MetricsRegistry>) -> Router {
+    Router::new()
+        .route("/metrics", get(serve_metrics))
+        .with_state(registry)
+}
+
+async fn serve_metrics(State(registry): State<Arc<MetricsRegistry>>) -> impl IntoResponse {
+    match registry.render() {
+        Ok(text) => (StatusCode::OK, [(header::CONTENT_TYPE, CONTENT_TYPE)], text),
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            "cannot render metrics\n".to_owned(),
+        ),
+    }
 }
 
 async fn healthz(State(health): State<Health>) -> impl IntoResponse {

@@ -13,5 +13,6 @@ pub mod okta;
 pub mod okta_sim;
 pub mod ops;
 pub mod pipeline;
+pub mod secret;
 pub mod telemetry;
 pub mod trust;

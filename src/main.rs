@@ -273,16 +273,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         anyhow::bail!(NO_FAKE_OKTA);
     }
     let settings = Settings::from_env(args.okta_sim)?;
-    iam_provisioner::telemetry::pii::set_log_mode(settings.log_pii);
+    iam_provisioner::telemetry::pii::set_log_mode(settings.telemetry.log_pii);
     if args.okta_sim && !args.okta_sim_allow_remote_broker {
-        iam_provisioner::config::refuse_remote_broker_for_sim(&settings.amqp_url)?;
+        iam_provisioner::config::refuse_remote_broker_for_sim(&settings.amqp.url)?;
     }
+    // The one read of GROUP_MAPPING_FILE at start-up (asynchronous; it checks the file).
     // Only the fake Okta fills in a missing mapping (the demo one).
     #[cfg_attr(not(feature = "okta-sim"), allow(unused_mut))]
-    let mut mapping = settings.mapping.clone();
+    let mut mapping = settings.mapping.load().await?;
     #[cfg(feature = "okta-sim")]
     let mut _sim_guard = None;
-    let okta = match &settings.okta {
+    let okta = match &settings.okta.target {
         OktaTarget::Org { url, auth } => OktaEndpoint {
             url: url.clone(),
             auth: auth.clone(),
@@ -321,14 +322,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         tracing::warn!("no group mapping configured: users are created without groups");
         GroupMapping::default()
     });
-    if settings.dry_run {
+    if settings.pipeline.dry_run {
         tracing::warn!("DRY_RUN: Okta is read but never changed; outcomes list what would have been done (\"dry_run\": true)");
     }
     tracing::info!(
         okta = %okta.url,
-        offboarding = ?settings.offboarding,
-        concurrency = settings.concurrency,
-        work_queue = %settings.topology.work_queue,
+        offboarding = ?settings.pipeline.offboarding,
+        concurrency = settings.pipeline.concurrency,
+        work_queue = %settings.amqp.topology.work_queue,
         "starting iam-provisioner"
     );
     let app = Application::build(settings, okta, mapping).await?;
@@ -473,17 +474,17 @@ async fn audit_held(
 
 async fn run_mapping_check() -> anyhow::Result<()> {
     let settings = Settings::from_env(false)?;
-    let OktaTarget::Org { url, auth } = &settings.okta else {
+    let OktaTarget::Org { url, auth } = &settings.okta.target else {
         anyhow::bail!(
             "mapping check needs a real Okta (OKTA_ORG_URL and OKTA_API_TOKEN or OKTA_CLIENT_ID)"
         );
     };
-    let Some(mapping) = &settings.mapping else {
+    let Some(mapping) = settings.mapping.load().await? else {
         anyhow::bail!("GROUP_MAPPING or GROUP_MAPPING_FILE: no mapping configured to check");
     };
-    let client = OktaClient::with_auth(url.clone(), auth, settings.okta_client.clone())?;
-    let groups = GroupDirectory::new(client, settings.group_cache_ttl);
-    let rows = mapping_check::check(mapping, &groups).await;
+    let client = OktaClient::with_auth(url.clone(), auth, settings.okta.client.clone())?;
+    let groups = GroupDirectory::new(client, settings.okta.group_cache_ttl);
+    let rows = mapping_check::check(&mapping, &groups).await;
     print!("{}", mapping_check::render(&rows));
     let problems = rows.iter().filter(|r| r.result.is_err()).count();
     if problems > 0 {

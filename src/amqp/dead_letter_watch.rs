@@ -17,15 +17,15 @@
 //! queue keeps its own copy for the operator (`dlq list` shows `broker:delivery_limit`).
 
 use super::headers;
+use super::publisher::dead_letter_headers as dl;
 use super::publisher::{PublishError, Publisher};
 use super::topology::TopologyNames;
-use crate::config::secret::Secret;
 use crate::domain::event::printable;
 use crate::domain::outcome::{ErrorKind, Failure, Outcome, OutcomeStatus};
-use crate::ops::dlq::record::{broker_death, BrokerDeath};
+use crate::secret::Secret;
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -51,6 +51,66 @@ pub enum WatchError {
     Cancelled,
     #[error("cannot publish the failed outcome of a message the broker dead-lettered; it will be redelivered")]
     Publish(#[from] PublishError),
+}
+
+/// RabbitMQ's own dead-lettering history: an array of tables, the most recent first.
+pub const X_DEATH: &str = "x-death";
+
+/// What RabbitMQ's latest `x-death` record says: why and from which queue the broker
+/// itself dead-lettered a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerDeath {
+    /// `delivery_limit`, `expired`, `maxlen` or `rejected`.
+    pub reason: String,
+    /// The queue the broker took it from.
+    pub queue: String,
+    /// The routing key it had there: its event type.
+    pub routing_key: Option<String>,
+}
+
+/// The broker's latest dead-lettering of a message, when the last hand that put it in
+/// the dead-letter queue was the broker's and not this service's (a copy the service
+/// dead-lettered carries `x-error-kind`, even when an earlier `x-death` is kept).
+pub fn broker_death(table: Option<&FieldTable>) -> Option<BrokerDeath> {
+    if headers::get_str(table, dl::ERROR_KIND).is_some() {
+        return None;
+    }
+    let death = last_death(table)?;
+    Some(BrokerDeath {
+        reason: table_str(death, "reason")?,
+        queue: table_str(death, "queue")?,
+        routing_key: death_routing_key(death),
+    })
+}
+
+/// The most recent record of RabbitMQ's `x-death` header.
+pub fn last_death(table: Option<&FieldTable>) -> Option<&FieldTable> {
+    match table?.inner().get(X_DEATH)? {
+        AMQPValue::FieldArray(records) => records.as_slice().iter().find_map(|r| match r {
+            AMQPValue::FieldTable(record) => Some(record),
+            _ => None,
+        }),
+        _ => None,
+    }
+}
+
+/// A non-empty string field of an `x-death` record.
+pub fn table_str(table: &FieldTable, name: &str) -> Option<String> {
+    headers::get_str(Some(table), name)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+}
+
+/// The first routing key an `x-death` record names.
+pub fn death_routing_key(death: &FieldTable) -> Option<String> {
+    match death.inner().get("routing-keys")? {
+        AMQPValue::FieldArray(keys) => keys.as_slice().iter().find_map(|k| match k {
+            AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok().map(str::to_owned),
+            AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+            _ => None,
+        }),
+        _ => None,
+    }
 }
 
 /// The `failed` outcome owed for a dead-lettered message, if the broker (not this

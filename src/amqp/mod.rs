@@ -11,6 +11,8 @@ pub mod publisher;
 pub mod topology;
 pub mod trace;
 
+use crate::amqp::topology::TopologyNames;
+use crate::secret::Secret;
 use lapin::tcp::OwnedTLSConfig;
 use lapin::{Connection, ConnectionProperties};
 
@@ -47,4 +49,18 @@ fn broker_tls() -> Result<OwnedTLSConfig, lapin::Error> {
         identity: None,
         cert_chain: Some(pem),
     })
+}
+
+/// Where the broker is and what the service's objects on it are called: all that every
+/// command talking to the broker needs (the dead-letter commands run on an operator's
+/// machine that has no Okta credentials). Read and checked by `crate::config`
+/// (`BrokerSettings::from_env`), which is why it has no constructor here.
+#[derive(Debug, Clone)]
+pub struct BrokerSettings {
+    /// Broker URL; holds the broker password, hence secret.
+    pub amqp_url: Secret,
+    pub topology: TopologyNames,
+    /// `AMQP_CA_FILE`: extra roots trusted for the broker's certificate only (checked by
+    /// the configuration; read again by [`connect`] at each connection).
+    pub ca_file: Option<std::path::PathBuf>,
 }

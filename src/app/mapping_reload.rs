@@ -5,7 +5,7 @@
 //! sees one version or the other, never a mix), then its groups are resolved so the
 //! next hires find them cached.
 
-use crate::domain::mapping::GroupMapping;
+use crate::domain::mapping::{GroupMapping, MappingError};
 use crate::pipeline::provisioner::Provisioner;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -63,8 +63,16 @@ impl MappingReloader {
         if self.last_seen.as_deref() == Some(content.as_slice()) {
             return ReloadOutcome::Unchanged;
         }
+        // The bytes just read are the ones parsed: one read per look, never blocking.
+        let parsed = match std::str::from_utf8(&content) {
+            Ok(text) => GroupMapping::from_file_text(&self.path, text),
+            Err(e) => Err(MappingError::Syntax {
+                format: "UTF-8 text",
+                message: e.to_string(),
+            }),
+        };
         self.last_seen = Some(content);
-        match GroupMapping::from_file(&self.path) {
+        match parsed {
             Ok(mapping) if *self.provisioner.mapping().current() == mapping => {
                 ReloadOutcome::Unchanged
             }

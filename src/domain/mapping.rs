@@ -111,20 +111,30 @@ impl GroupMapping {
     /// # Errors
     /// Any [`MappingError`].
     pub fn from_file(path: &Path) -> Result<Self, MappingError> {
-        let shown = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| MappingError::Read {
-            path: shown.clone(),
+            path: path.display().to_string(),
             source,
         })?;
+        Self::from_file_text(path, &text)
+    }
+
+    /// Parses the content of the mapping file at `path` (read by the caller, so the
+    /// service can read it asynchronously), its format chosen by the path's extension.
+    ///
+    /// # Errors
+    /// [`MappingError::UnknownFormat`], [`MappingError::Syntax`] or
+    /// [`MappingError::Entry`].
+    pub fn from_file_text(path: &Path, text: &str) -> Result<Self, MappingError> {
+        let shown = path.display().to_string();
         let extension = path
             .extension()
             .and_then(|e| e.to_str())
             .map(str::to_ascii_lowercase);
         match extension.as_deref() {
-            Some("json") => Self::from_json(&text),
+            Some("json") => Self::from_json(text),
             Some("yaml" | "yml") => {
                 let raw: BTreeMap<String, RawTargets> =
-                    serde_norway::from_str(&text).map_err(|e| MappingError::Syntax {
+                    serde_norway::from_str(text).map_err(|e| MappingError::Syntax {
                         format: "YAML",
                         message: e.to_string(),
                     })?;
@@ -132,7 +142,7 @@ impl GroupMapping {
             }
             Some("toml") => {
                 let raw: BTreeMap<String, RawTargets> =
-                    toml::from_str(&text).map_err(|e| MappingError::Syntax {
+                    toml::from_str(text).map_err(|e| MappingError::Syntax {
                         format: "TOML",
                         message: e.to_string(),
                     })?;

@@ -8,4 +8,5 @@ pub mod mapping;
 pub mod outcome;
 pub mod partition;
 pub mod plan;
+pub mod pseudonym;
 pub mod schedule;

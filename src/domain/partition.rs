@@ -30,7 +30,7 @@ impl HashKey {
     /// stays with the message in every partition queue, dead-letter copy and management-UI
     /// view. The same key always gives the same value, so routing is as stable as before.
     pub fn header_value(&self) -> String {
-        crate::telemetry::pii::pseudonym(&self.plain_value())
+        super::pseudonym::pseudonym(&self.plain_value())
     }
 
     /// The key in clear, prefixed, so an id can never collide with an email or an event id

@@ -18,8 +18,8 @@
 use super::client::{rate_limit_wait, OktaSetupError};
 use super::dpop::{self, DpopKey};
 use super::error::{OktaError, TokenError};
-use crate::config::secret::Secret;
 use crate::domain::event::printable;
+use crate::secret::Secret;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, CONTENT_TYPE, WWW_AUTHENTICATE};
 use reqwest::{Method, Url};

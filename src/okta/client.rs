@@ -11,8 +11,8 @@ use super::auth::{self, Authorizer, OktaAuth};
 use super::error::{ApiError, OktaError};
 use super::pacing::{endpoint_of, BucketReport, Pacer};
 use super::search;
-use crate::config::secret::Secret;
 use crate::domain::plan::AccountStatus;
+use crate::secret::Secret;
 use crate::telemetry::metrics::Metrics;
 #[cfg(test)]
 use reqwest::header::HeaderValue;

@@ -62,7 +62,19 @@ pub struct GroupDirectory {
     okta: OktaClient,
     ttl: Duration,
     slots: Mutex<HashMap<GroupTarget, Arc<Slot>>>,
-    stats: Mutex<CacheStats>,
+    stats: Arc<Mutex<CacheStats>>,
+}
+
+/// Reads a directory's [`CacheStats`] without holding the directory: what `/metrics`
+/// needs of the cache, and nothing more.
+#[derive(Clone)]
+pub struct CacheStatsReader(Arc<Mutex<CacheStats>>);
+
+impl CacheStatsReader {
+    /// Hits, misses and refreshes so far.
+    pub fn get(&self) -> CacheStats {
+        self.0.lock().map(|s| *s).unwrap_or_default()
+    }
 }
 
 impl GroupDirectory {
@@ -72,13 +84,18 @@ impl GroupDirectory {
             okta,
             ttl,
             slots: Mutex::new(HashMap::new()),
-            stats: Mutex::new(CacheStats::default()),
+            stats: Arc::new(Mutex::new(CacheStats::default())),
         }
     }
 
     /// Hits, misses and refreshes so far.
     pub fn stats(&self) -> CacheStats {
-        self.stats.lock().map(|s| *s).unwrap_or_default()
+        self.stats_reader().get()
+    }
+
+    /// A handle that reads the counters as they grow.
+    pub fn stats_reader(&self) -> CacheStatsReader {
+        CacheStatsReader(Arc::clone(&self.stats))
     }
 
     fn slot(&self, target: &GroupTarget) -> Arc<Slot> {
@@ -199,9 +216,9 @@ impl GroupDirectory {
 #[cfg(all(test, feature = "okta-sim"))]
 mod tests {
     use super::*;
-    use crate::config::secret::Secret;
     use crate::okta::OktaClientSettings;
     use crate::okta_sim::{GroupType, OktaSim, SimConfig};
+    use crate::secret::Secret;
 
     async fn directory(ttl: Duration) -> (OktaSim, GroupDirectory) {
         let sim = OktaSim::start(SimConfig::default())

@@ -7,9 +7,9 @@ use reqwest::{Client, Method, Response, Url};
 use serde_json::Value;
 
 use super::*;
-use crate::config::secret::Secret;
 use crate::okta::auth::{ServiceApp, SigningKey};
 use crate::okta::dpop::{access_token_hash, DpopKey};
+use crate::secret::Secret;
 
 const CLIENT: &str = "0oaDPOPCLIENT";
 

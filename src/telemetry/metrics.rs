@@ -19,14 +19,6 @@
 
 use crate::domain::event::EventType;
 use crate::domain::outcome::ErrorKind;
-use crate::http::Health;
-use crate::pipeline::lanes::Lane;
-use crate::pipeline::provisioner::Provisioner;
-use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::Router;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
@@ -193,7 +185,6 @@ struct Families {
     okta_request_duration: HistogramFamily<OktaOperationLabels>,
     okta_rate_limited: Family<OktaOperationLabels, Counter>,
     publishes: Family<PublishLabels, Counter>,
-    trust: crate::trust::TrustMetrics,
 }
 
 /// The recording handles. Cheap to clone; every clone records into the same series.
@@ -235,7 +226,6 @@ impl Metrics {
             okta_request_duration: Family::new_with_constructor(okta_duration_histogram),
             okta_rate_limited: Family::default(),
             publishes: Family::default(),
-            trust: crate::trust::TrustMetrics::new(),
         };
         for event_type in EVENT_TYPE_LABELS {
             let labels = EventLabels { event_type };
@@ -252,10 +242,10 @@ impl Metrics {
                 let _ = families.events_dead_lettered.get_or_create(&labels);
             }
         }
-        for lane in [Lane::Work, Lane::Leavers] {
-            let _ = families.removal_copies_skipped.get_or_create(&LaneLabels {
-                lane: lane.as_str(),
-            });
+        for lane in LANE_LABELS {
+            let _ = families
+                .removal_copies_skipped
+                .get_or_create(&LaneLabels { lane });
         }
         for message in [PublishedMessage::Outcome, PublishedMessage::DeadLetter] {
             for result in [
@@ -276,19 +266,6 @@ impl Metrics {
         }
     }
 
-    /// The trust rules' series (forged own headers, refusals, protected-group reads).
-    pub fn trust(&self) -> &crate::trust::TrustMetrics {
-        &self.families.trust
-    }
-
-    /// A delivery arrived: counts it and holds it in the in-flight gauge until the
-    /// returned [`DeliveryTimer`] is dropped.
-    pub fn delivery_received(&self, routing_key: &str) -> DeliveryTimer {
-        let timer = self.delivery_arrived(routing_key);
-        timer.count_consumed();
-        timer
-    }
-
     /// A delivery arrived that may be the later copy of a removal routed to both lanes
     /// (`crate::pipeline::lanes`): held in the in-flight gauge at once, counted as consumed only
     /// by [`DeliveryTimer::count_consumed`] once it is known to be processed.
@@ -303,11 +280,11 @@ impl Metrics {
 
     /// A removal's copy in `lane` was acknowledged without processing: its twin in the
     /// other lane had settled the event.
-    pub fn removal_copy_skipped(&self, lane: Lane) {
+    pub fn removal_copy_skipped(&self, lane: impl LaneLabel) {
         self.families
             .removal_copies_skipped
             .get_or_create(&LaneLabels {
-                lane: lane.as_str(),
+                lane: lane.lane_label(),
             })
             .inc();
     }
@@ -433,16 +410,50 @@ impl Drop for DeliveryTimer {
     }
 }
 
-/// What `/metrics` reads at scrape time rather than counting as it happens: state that
-/// other parts already keep.
-struct ScrapedState {
-    provisioner: Arc<Provisioner>,
-    health: Health,
+/// The label values of the lanes (`crate::pipeline::lanes`), created at zero up front.
+pub const LANE_LABELS: [&str; 2] = ["work", "leavers"];
+
+/// A lane as a metric label: one of [`LANE_LABELS`]. A trait rather than the lane type,
+/// so that telemetry, which every part records into, depends on none of them.
+pub trait LaneLabel {
+    fn lane_label(self) -> &'static str;
 }
 
-impl std::fmt::Debug for ScrapedState {
+impl LaneLabel for &'static str {
+    fn lane_label(self) -> &'static str {
+        self
+    }
+}
+
+/// The group cache's counters, as `/metrics` shows them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheCounts {
+    pub hits: u64,
+    pub misses: u64,
+    pub refreshes: u64,
+}
+
+/// What `/metrics` reads at scrape time rather than counting as it happens: state that
+/// other parts already keep (the group cache, the Okta client, the service's health).
+/// The composition root implements it over those parts, so this module depends on none.
+pub trait ScrapedState: Send + Sync + 'static {
+    fn group_cache(&self) -> CacheCounts;
+    /// The `X-Rate-Limit-Remaining` Okta sent with its last answer, if any yet.
+    fn okta_rate_limit_remaining(&self) -> Option<i64>;
+    fn consumer_paused(&self) -> bool;
+    fn broker_connected(&self) -> bool;
+    fn broker_blocked(&self) -> bool;
+    fn publishes_waiting(&self) -> u64;
+    fn publish_failures(&self) -> u64;
+    fn sessions_lost(&self) -> u64;
+}
+
+/// Encodes a [`ScrapedState`] at each scrape.
+struct Scraped(Box<dyn ScrapedState>);
+
+impl std::fmt::Debug for Scraped {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ScrapedState").finish_non_exhaustive()
+        f.debug_struct("Scraped").finish_non_exhaustive()
     }
 }
 
@@ -468,9 +479,10 @@ fn encode_counter(
     counter.encode(metric)
 }
 
-impl Collector for ScrapedState {
+impl Collector for Scraped {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let cache = self.provisioner.groups().stats();
+        let state = self.0.as_ref();
+        let cache = state.group_cache();
         encode_counter(
             &mut encoder,
             "iam_provisioner_group_cache_hits",
@@ -489,7 +501,7 @@ impl Collector for ScrapedState {
             "Cached group entries looked up again because their TTL had expired.",
             cache.refreshes,
         )?;
-        if let Some(remaining) = self.provisioner.okta().last_rate_limit_remaining() {
+        if let Some(remaining) = state.okta_rate_limit_remaining() {
             encode_gauge(
                 &mut encoder,
                 "iam_provisioner_okta_rate_limit_remaining",
@@ -501,29 +513,29 @@ impl Collector for ScrapedState {
             &mut encoder,
             "iam_provisioner_consumer_paused",
             "1 while consumption is paused because Okta is failing, else 0.",
-            i64::from(self.health.is_okta_paused()),
+            i64::from(state.consumer_paused()),
         )?;
         encode_gauge(
             &mut encoder,
             "iam_provisioner_broker_connected",
             "1 while the service holds a broker connection, else 0.",
-            i64::from(self.health.is_broker_connected()),
+            i64::from(state.broker_connected()),
         )?;
-        encode_broker_state(&mut encoder, &self.health)
+        encode_broker_state(&mut encoder, state)
     }
 }
 
-/// What the broker does to publishing (`crate::http`'s broker state): a blocked
+/// What the broker does to publishing (the health's broker state): a blocked
 /// connection, refused publishes waiting, publishes not confirmed, sessions lost.
 fn encode_broker_state(
     encoder: &mut DescriptorEncoder,
-    health: &Health,
+    health: &dyn ScrapedState,
 ) -> Result<(), std::fmt::Error> {
     encode_gauge(
         encoder,
         "iam_provisioner_broker_blocked",
         "1 while the broker holds the connection blocked (memory or disk alarm), else 0.",
-        i64::from(health.is_broker_blocked()),
+        i64::from(health.broker_blocked()),
     )?;
     encode_gauge(
         encoder,
@@ -558,8 +570,9 @@ impl std::fmt::Debug for MetricsRegistry {
 }
 
 impl MetricsRegistry {
-    /// Registers the series of `metrics` and the state read at scrape time.
-    pub fn new(metrics: &Metrics, provisioner: Arc<Provisioner>, health: Health) -> Self {
+    /// Registers the series of `metrics` and the state read at scrape time. Other
+    /// parts add their own families with [`MetricsRegistry::register`].
+    pub fn new(metrics: &Metrics, scraped: impl ScrapedState) -> Self {
         let f = &metrics.families;
         let mut registry = Registry::default();
         registry.register(
@@ -624,12 +637,13 @@ impl MetricsRegistry {
             "Outcome events and dead-letter copies published, by the broker's answer",
             f.publishes.clone(),
         );
-        f.trust.register(&mut registry);
-        registry.register_collector(Box::new(ScrapedState {
-            provisioner,
-            health,
-        }));
+        registry.register_collector(Box::new(Scraped(Box::new(scraped))));
         Self { registry }
+    }
+
+    /// Lets a part register the families it keeps itself (the trust rules' series).
+    pub fn register(&mut self, families: impl FnOnce(&mut Registry)) {
+        families(&mut self.registry);
     }
 
     /// The OpenMetrics text exposition.
@@ -645,24 +659,6 @@ impl MetricsRegistry {
 
 /// The content type of [`MetricsRegistry::render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-/// The `/metrics` route, merged beside the health routes.
-pub fn router(registry: Arc<MetricsRegistry>) -> Router {
-    Router::new()
-        .route("/metrics", get(serve_metrics))
-        .with_state(registry)
-}
-
-async fn serve_metrics(State(registry): State<Arc<MetricsRegistry>>) -> impl IntoResponse {
-    match registry.render() {
-        Ok(text) => (StatusCode::OK, [(header::CONTENT_TYPE, CONTENT_TYPE)], text),
-        Err(_) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            "cannot render metrics\n".to_owned(),
-        ),
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -700,8 +696,10 @@ mod tests {
     #[test]
     fn in_flight_gauge_follows_the_timer() {
         let metrics = Metrics::new();
-        let first = metrics.delivery_received("employee.added");
-        let second = metrics.delivery_received("nonsense");
+        let first = metrics.delivery_arrived("employee.added");
+        first.count_consumed();
+        let second = metrics.delivery_arrived("nonsense");
+        second.count_consumed();
         assert_eq!(metrics.families.deliveries_in_flight.get(), 2);
         first.completed();
         drop(second);
@@ -729,7 +727,7 @@ mod tests {
         let skipped = metrics.delivery_arrived("employee.removed");
         let processed = metrics.delivery_arrived("employee.removed");
         processed.count_consumed();
-        metrics.removal_copy_skipped(Lane::Work);
+        metrics.removal_copy_skipped("work");
         assert_eq!(metrics.families.deliveries_in_flight.get(), 2);
         drop(skipped);
         processed.completed();
@@ -742,16 +740,14 @@ mod tests {
             })
             .get();
         assert_eq!(consumed, 1);
-        let skipped_in = |lane: Lane| {
+        let skipped_in = |lane| {
             metrics
                 .families
                 .removal_copies_skipped
-                .get_or_create(&LaneLabels {
-                    lane: lane.as_str(),
-                })
+                .get_or_create(&LaneLabels { lane })
                 .get()
         };
-        assert_eq!((skipped_in(Lane::Work), skipped_in(Lane::Leavers)), (1, 0));
+        assert_eq!((skipped_in("work"), skipped_in("leavers")), (1, 0));
     }
 
     #[test]

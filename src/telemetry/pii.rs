@@ -40,21 +40,7 @@ pub fn set_log_mode(mode: LogPii) {
     MINIMAL.store(mode == LogPii::Minimal, Ordering::Relaxed);
 }
 
-/// The pseudonym of `value`: `h:` and the first 16 hex digits (64 bits) of SHA-256 over a
-/// domain-separated input. 64 bits make accidental collisions between employees
-/// negligible for any workforce, and the prefix makes a pseudonym recognisable in a log.
-pub fn pseudonym(value: &str) -> String {
-    let mut context = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-    context.update(b"iam-provisioner/pii/v1\0");
-    context.update(value.as_bytes());
-    let digest = context.finish();
-    let mut out = String::with_capacity(18);
-    out.push_str("h:");
-    for byte in &digest.as_ref()[..8] {
-        out.push_str(&format!("{byte:02x}"));
-    }
-    out
-}
+pub use crate::domain::pseudonym::pseudonym;
 
 /// An employee id or email as a log line may show it: itself, or its pseudonym under
 /// `LOG_PII=minimal`.

@@ -21,7 +21,6 @@ use crate::amqp::headers;
 use crate::amqp::parking::GUARD_BYPASS;
 use crate::amqp::publisher::DeliveredMessage;
 use crate::amqp::topology::TopologyNames;
-use crate::config::ConfigError;
 use crate::domain::event::{printable, Email, HrEvent, ValidationError};
 use crate::domain::schedule::{RECHECK_UNTIL, SCHEDULED_FOR, SCHEDULED_KIND};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
@@ -29,9 +28,7 @@ use lapin::BasicProperties;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
-use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
 
 pub use crate::amqp::headers::clean_properties;
 pub use protected::{ProtectedAccounts, ProtectedSettings};
@@ -236,7 +233,8 @@ pub fn judge_email_domain(allowed: Option<&[String]>, email: Option<&Email>) -> 
     }
 }
 
-/// `TRUSTED_PUBLISHERS`, `ALLOWED_EMAIL_DOMAINS` and the protected accounts.
+/// `TRUSTED_PUBLISHERS`, `ALLOWED_EMAIL_DOMAINS` and the protected accounts (read and
+/// checked by `crate::config`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TrustSettings {
     /// AMQP `user_id`s accepted; `None`: anyone who may publish to the input exchange.
@@ -245,127 +243,6 @@ pub struct TrustSettings {
     pub allowed_email_domains: Option<Vec<String>>,
     /// Accounts no event may change.
     pub protected: ProtectedSettings,
-}
-
-#[derive(Deserialize, Default)]
-struct RawTrustEnv {
-    trusted_publishers: Option<String>,
-    allowed_email_domains: Option<String>,
-    protected_groups: Option<String>,
-    protected_logins: Option<String>,
-    protected_refresh_secs: Option<u64>,
-}
-
-/// The items of a comma-separated list, trimmed, empty ones dropped.
-fn list(value: &str) -> Vec<String> {
-    value
-        .split(',')
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .map(str::to_owned)
-        .collect()
-}
-
-fn invalid(variable: &'static str, problem: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        variable,
-        problem: problem.into(),
-    }
-}
-
-/// A set list that ends up empty is a mistake, not "off": refusing it at start-up beats
-/// a service that silently trusts everyone.
-fn non_empty(variable: &'static str, value: &str) -> Result<Vec<String>, ConfigError> {
-    let items = list(value);
-    if items.is_empty() {
-        return Err(invalid(
-            variable,
-            "is set but lists nothing (comma-separated; unset it to turn it off)",
-        ));
-    }
-    Ok(items)
-}
-
-impl TrustSettings {
-    /// Reads the trust variables from name/value pairs (the environment, or a test's).
-    ///
-    /// # Errors
-    /// [`ConfigError`] naming the first variable that is wrong.
-    pub fn from_vars(
-        vars: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Self, ConfigError> {
-        let raw: RawTrustEnv = envy::from_iter(vars.into_iter().filter(|(_, v)| !v.is_empty()))
-            .map_err(|e| ConfigError::Env(e.to_string()))?;
-        let trusted_publishers = match &raw.trusted_publishers {
-            None => None,
-            Some(value) => {
-                let users = non_empty("TRUSTED_PUBLISHERS", value)?;
-                if let Some(bad) = users.iter().find(|u| u.chars().any(char::is_control)) {
-                    return Err(invalid(
-                        "TRUSTED_PUBLISHERS",
-                        format!("{:?} contains control characters", printable(bad)),
-                    ));
-                }
-                Some(users.into_iter().collect())
-            }
-        };
-        let allowed_email_domains = match &raw.allowed_email_domains {
-            None => None,
-            Some(value) => {
-                let domains: Vec<String> = non_empty("ALLOWED_EMAIL_DOMAINS", value)?
-                    .into_iter()
-                    .map(|d| d.to_lowercase())
-                    .collect();
-                if let Some(bad) = domains.iter().find(|d| {
-                    d.contains('@')
-                        || d.starts_with('.')
-                        || d.ends_with('.')
-                        || !d.contains('.')
-                        || d.chars().any(|c| c.is_whitespace() || c.is_control())
-                }) {
-                    return Err(invalid(
-                        "ALLOWED_EMAIL_DOMAINS",
-                        format!(
-                            "{:?} is not a domain like example.com (no '@', no leading dot)",
-                            printable(bad)
-                        ),
-                    ));
-                }
-                Some(domains)
-            }
-        };
-        let groups = match &raw.protected_groups {
-            None => Vec::new(),
-            Some(value) => non_empty("PROTECTED_GROUPS", value)?,
-        };
-        let logins = match &raw.protected_logins {
-            None => BTreeSet::new(),
-            Some(value) => {
-                let logins = non_empty("PROTECTED_LOGINS", value)?;
-                if let Some(bad) = logins.iter().find(|l| !l.contains('@')) {
-                    return Err(invalid(
-                        "PROTECTED_LOGINS",
-                        format!("{:?} is not a login (an email address)", printable(bad)),
-                    ));
-                }
-                logins.iter().map(|l| l.to_lowercase()).collect()
-            }
-        };
-        let refresh = match raw.protected_refresh_secs {
-            Some(0) => return Err(invalid("PROTECTED_REFRESH_SECS", "must be at least 1")),
-            Some(secs) => Duration::from_secs(secs),
-            None => protected::DEFAULT_REFRESH,
-        };
-        Ok(Self {
-            trusted_publishers,
-            allowed_email_domains,
-            protected: ProtectedSettings {
-                groups,
-                logins,
-                refresh,
-            },
-        })
-    }
 }
 
 /// Why a delivery's own headers were ignored, or an event refused, as metric labels.
@@ -706,62 +583,5 @@ mod tests {
         assert!(judge_email_domain(Some(&allowed), Some(&email("a@example.com.evil"))).is_err());
         assert!(judge_email_domain(Some(&allowed), None).is_ok());
         assert!(judge_email_domain(None, Some(&email("a@evil.com"))).is_ok());
-    }
-
-    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
-
-    #[test]
-    fn settings_parse_and_bad_values_name_the_variable() {
-        let settings = TrustSettings::from_vars(vars(&[
-            ("TRUSTED_PUBLISHERS", "hr-publisher, hr-backup"),
-            ("ALLOWED_EMAIL_DOMAINS", "Example.com,example.org"),
-            ("PROTECTED_GROUPS", "Okta Administrators,00g1"),
-            ("PROTECTED_LOGINS", "Root@example.com"),
-            ("PROTECTED_REFRESH_SECS", "60"),
-        ]))
-        .expect("valid");
-        assert_eq!(
-            settings.trusted_publishers,
-            Some(["hr-publisher".to_owned(), "hr-backup".to_owned()].into())
-        );
-        assert_eq!(
-            settings.allowed_email_domains,
-            Some(vec!["example.com".to_owned(), "example.org".to_owned()])
-        );
-        assert_eq!(
-            settings.protected.groups,
-            vec!["Okta Administrators", "00g1"]
-        );
-        assert!(settings.protected.logins.contains("root@example.com"));
-        assert_eq!(settings.protected.refresh, Duration::from_secs(60));
-        assert_eq!(
-            TrustSettings::from_vars(vars(&[])).expect("valid"),
-            TrustSettings {
-                protected: ProtectedSettings::default(),
-                ..TrustSettings::default()
-            }
-        );
-        for (variable, value) in [
-            ("TRUSTED_PUBLISHERS", " , "),
-            ("ALLOWED_EMAIL_DOMAINS", "@example.com"),
-            ("ALLOWED_EMAIL_DOMAINS", "localhost"),
-            ("PROTECTED_GROUPS", ","),
-            ("PROTECTED_LOGINS", "root"),
-            ("PROTECTED_REFRESH_SECS", "0"),
-            ("PROTECTED_REFRESH_SECS", "soon"),
-        ] {
-            let error = TrustSettings::from_vars(vars(&[(variable, value)]))
-                .expect_err("refused")
-                .to_string();
-            assert!(
-                error.contains(variable) || error.to_lowercase().contains(&variable.to_lowercase()),
-                "{variable}={value}: {error}"
-            );
-        }
     }
 }

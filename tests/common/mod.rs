@@ -215,10 +215,15 @@ impl World {
             sim.create_group(group, iam_provisioner::okta_sim::GroupType::OktaGroup);
         }
         let settings = settings_for(&names, &sim, &options);
-        let OktaTarget::Org { url, auth } = settings.okta.clone() else {
+        let OktaTarget::Org { url, auth } = settings.okta.target.clone() else {
             panic!("tests use a real-mode configuration")
         };
-        let mapping = settings.mapping.clone().unwrap_or_default();
+        let mapping = settings
+            .mapping
+            .load()
+            .await
+            .expect("the mapping loads")
+            .unwrap_or_default();
         let endpoint = OktaEndpoint { url, auth };
         let restart = (settings.clone(), endpoint.clone(), mapping.clone());
         let app = Application::build(settings, endpoint, mapping)

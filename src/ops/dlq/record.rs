@@ -9,6 +9,9 @@
 //! (an operator's reject on the work queue, an expiry), which carry only RabbitMQ's
 //! `x-death` header. Both are read; the second kind gets its facts from `x-death`.
 
+/// Kept importable from here: a dead-letter record says whether the broker itself put it there.
+pub use crate::amqp::dead_letter_watch::{broker_death, BrokerDeath};
+use crate::amqp::dead_letter_watch::{death_routing_key, last_death, table_str};
 use crate::amqp::headers;
 use crate::amqp::publisher::dead_letter_headers as dl;
 use crate::domain::outcome::format_timestamp;
@@ -21,8 +24,6 @@ use time::OffsetDateTime;
 
 /// When a replayed copy was published (RFC 3339, UTC); contract section 6.
 pub const REPLAYED_AT: &str = "x-replayed-at";
-/// RabbitMQ's own dead-lettering history: an array of tables, the most recent first.
-const X_DEATH: &str = "x-death";
 
 /// The headers of one failure. A replayed copy starts afresh, so they are dropped from it;
 /// if it fails again, the service writes them anew.
@@ -174,61 +175,6 @@ pub fn replay_copy(
     )
 }
 
-/// What RabbitMQ's latest `x-death` record says: why and from which queue the broker
-/// itself dead-lettered a message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BrokerDeath {
-    /// `delivery_limit`, `expired`, `maxlen` or `rejected`.
-    pub reason: String,
-    /// The queue the broker took it from.
-    pub queue: String,
-    /// The routing key it had there: its event type.
-    pub routing_key: Option<String>,
-}
-
-/// The broker's latest dead-lettering of a message, when the last hand that put it in
-/// the dead-letter queue was the broker's and not this service's (a copy the service
-/// dead-lettered carries `x-error-kind`, even when an earlier `x-death` is kept).
-pub fn broker_death(table: Option<&FieldTable>) -> Option<BrokerDeath> {
-    if headers::get_str(table, dl::ERROR_KIND).is_some() {
-        return None;
-    }
-    let death = last_death(table)?;
-    Some(BrokerDeath {
-        reason: table_str(death, "reason")?,
-        queue: table_str(death, "queue")?,
-        routing_key: death_routing_key(death),
-    })
-}
-
-/// The most recent record of RabbitMQ's `x-death` header.
-fn last_death(table: Option<&FieldTable>) -> Option<&FieldTable> {
-    match table?.inner().get(X_DEATH)? {
-        AMQPValue::FieldArray(records) => records.as_slice().iter().find_map(|r| match r {
-            AMQPValue::FieldTable(record) => Some(record),
-            _ => None,
-        }),
-        _ => None,
-    }
-}
-
-fn table_str(table: &FieldTable, name: &str) -> Option<String> {
-    headers::get_str(Some(table), name)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-}
-
-fn death_routing_key(death: &FieldTable) -> Option<String> {
-    match death.inner().get("routing-keys")? {
-        AMQPValue::FieldArray(keys) => keys.as_slice().iter().find_map(|k| match k {
-            AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok().map(str::to_owned),
-            AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
-            _ => None,
-        }),
-        _ => None,
-    }
-}
-
 fn death_time(death: &FieldTable) -> Option<OffsetDateTime> {
     let seconds = headers::get_u64(Some(death), "time")?;
     OffsetDateTime::from_unix_timestamp(i64::try_from(seconds).ok()?).ok()
@@ -248,6 +194,7 @@ pub(crate) fn serialize_optional_time<S: serde::Serializer>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::amqp::dead_letter_watch::X_DEATH;
     use lapin::types::FieldArray;
     use time::macros::datetime;
 

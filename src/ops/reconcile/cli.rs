@@ -100,18 +100,18 @@ async fn run(args: ReconcileArgs) -> anyhow::Result<u8> {
         None => new_run_id(),
     };
     let settings = Settings::from_env(false)?;
-    let OktaTarget::Org { url, auth } = &settings.okta else {
+    let OktaTarget::Org { url, auth } = &settings.okta.target else {
         anyhow::bail!(
             "reconcile needs a real Okta (OKTA_ORG_URL and OKTA_API_TOKEN or OKTA_CLIENT_ID)"
         );
     };
-    let mut client_settings = settings.okta_client.clone();
+    let mut client_settings = settings.okta.client.clone();
     // Every 429 comes back here, to be waited out and said on standard error (the pacer
     // still paces every request).
     client_settings.rate_limit_retries = 0;
     // Reads only; a DRY_RUN setting changes nothing for a reconciliation.
     let okta = OktaClient::with_auth(url.clone(), auth, client_settings)?;
-    let mapping = settings.mapping.clone().unwrap_or_default();
+    let mapping = settings.mapping.load().await?.unwrap_or_default();
     let broker = BrokerSettings::from_env()?;
     let options = Options {
         roster: args.roster.clone(),
