@@ -120,7 +120,7 @@ impl Default for SimConfig {
 
 /// Logged by every fake Okta that starts. `.ci/check-no-fake-okta` looks for this text in
 /// the binary built as the deploy image builds it: absent, the fake was left out.
-pub const FAKE_OKTA_MARKER: &str = "FAKE Okta (okta-sim feature) started";
+pub const FAKE_OKTA_MARKER: &str = "fake Okta (okta-sim feature) started";
 
 /// The fake's search lag unless told otherwise: long enough that a removal arriving
 /// right after a hire meets it, short enough that tests do not wait on it.
