@@ -627,7 +627,8 @@ impl OktaClient {
             if let Some(id) = &request_id {
                 span.record("okta.request_id", id.as_str());
             }
-            let concurrency = is_concurrency_limit(&answer.headers);
+            let refused = answer.status == StatusCode::TOO_MANY_REQUESTS;
+            let concurrency = refused && is_concurrency_limit(&answer.headers);
             if !concurrency {
                 // A concurrency 429's zeros say nothing about the endpoint's bucket.
                 if let Some(remaining) = header_i64(&answer.headers, "x-rate-limit-remaining") {
@@ -638,7 +639,7 @@ impl OktaClient {
             }
             // Remembered even from a 429, so the pipeline's retry has the newest nonce.
             let nonce_asked = self.inner.auth.observe_answer(&answer.headers);
-            if answer.status == StatusCode::TOO_MANY_REQUESTS {
+            if refused {
                 let (limit, refusal) = if concurrency {
                     (LimitKind::Concurrency, Refusal::Concurrency)
                 } else {
