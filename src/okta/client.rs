@@ -805,8 +805,8 @@ fn header_i64(headers: &HeaderMap, name: &str) -> Option<i64> {
 }
 
 /// How long to wait after a 429 from an endpoint the pacer does not see (the token
-/// endpoint): the pacer's rule for a bucket 429, `X-Rate-Limit-Reset − Date + 1 s`,
-/// bounded by [`pacing::MAX_RESET_WAIT`].
+/// endpoint): the pacer's rule for a bucket 429, `X-Rate-Limit-Reset − Date`, bounded
+/// by [`pacing::MAX_RESET_WAIT`].
 pub fn rate_limit_wait(headers: &HeaderMap) -> Duration {
     pacing::wait_after_refusal(resets_in(headers))
 }
@@ -840,10 +840,10 @@ mod tests {
     }
 
     #[test]
-    fn a_429_waits_for_the_reset_by_okta_clock_plus_one_second() {
+    fn a_429_waits_for_the_reset_by_okta_clock() {
         assert_eq!(
             rate_limit_wait(&headers_with_reset_in(3)),
-            Duration::from_secs(4)
+            Duration::from_secs(3)
         );
         assert_eq!(
             rate_limit_wait(&headers_with_reset_in(3_600)),
@@ -853,10 +853,10 @@ mod tests {
     }
 
     #[test]
-    fn a_reset_in_the_past_waits_one_second() {
+    fn a_reset_already_past_waits_nothing_and_no_reset_one_second() {
         assert_eq!(
             rate_limit_wait(&headers_with_reset_in(-100)),
-            Duration::from_secs(1)
+            Duration::ZERO
         );
         assert_eq!(rate_limit_wait(&HeaderMap::new()), Duration::from_secs(1));
     }
@@ -958,9 +958,9 @@ mod tests {
         };
         assert_eq!(*limit, LimitKind::Bucket);
         assert_eq!(request_id.as_deref(), Some("req-429"));
-        // Reset − Date + 1 s; Date is truncated to the second.
+        // Reset − Date; Date is truncated to the second.
         assert!(
-            (Duration::from_secs(31)..=Duration::from_secs(32)).contains(retry_after),
+            (Duration::from_secs(30)..=Duration::from_secs(31)).contains(retry_after),
             "{retry_after:?}"
         );
         // The next request to that endpoint waits for the pacer, not for the wire.

@@ -51,8 +51,8 @@ pub enum OktaError {
         operation: &'static str,
         /// Which of Okta's limits refused the request.
         limit: LimitKind,
-        /// How long the pacer holds the next request: until the bucket's reset (plus
-        /// Okta's SDK margin), or a short backoff for the concurrency limit.
+        /// How long the pacer holds the next request: until the bucket's reset, or a
+        /// short backoff for the concurrency limit.
         retry_after: Duration,
         request_id: Option<String>,
     },
