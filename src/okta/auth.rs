@@ -581,9 +581,12 @@ impl TokenSource {
                 .map(TokenAnswer::Issued);
         }
         if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+            // The token endpoint is not paced (a token lasts an hour): its 429 goes up
+            // as any other, and the pipeline retries after the reset.
             return Err(OktaError::RateLimited {
                 operation: TOKEN_OPERATION,
-                retry_after: rate_limit_wait(&headers, Duration::from_secs(65)),
+                limit: super::error::LimitKind::Bucket,
+                retry_after: rate_limit_wait(&headers),
                 request_id,
             });
         }

@@ -3,13 +3,21 @@
 //! It owns the Okta-specific protocol details: authentication (asked of
 //! [`auth`](super::auth) per request; the header is marked sensitive so no HTTP log shows
 //! it, and an OAuth token Okta rejects is renewed once), `X-Okta-Request-Id`, error bodies,
-//! `Link`-header pagination, the rate-limit headers (a 429 waits until
-//! `X-Rate-Limit-Reset`, as Okta's SDKs do, and says so with `X-Okta-Retry-For` /
-//! `X-Okta-Retry-Count`), and a cap on requests in flight (Okta's concurrency limit).
+//! `Link`-header pagination, reading the rate-limit headers, and a cap on requests in
+//! flight (Okta's concurrency limit).
+//!
+//! Rate limits are not handled here. Every request waits for the [`Pacer`]'s permission
+//! and every answer is reported to it; a 429 is reported as a refusal and comes back at
+//! once as [`OktaError::RateLimited`], carrying the delay the pacer will now impose. The
+//! client never loops on a 429: the pipeline retries the event after that delay (issue
+//! 13, "One layer handles rate limits"). For the same reason it sends no
+//! `X-Okta-Retry-For` / `X-Okta-Retry-Count`: Okta's SDKs send them when they resend
+//! the same request, but the retry here is a new attempt at the event, which plans its
+//! calls afresh, so no later request can honestly claim to be the one refused.
 
 use super::auth::{self, Authorizer, OktaAuth};
-use super::error::{ApiError, OktaError};
-use super::pacing::{endpoint_of, BucketReport, Pacer};
+use super::error::{ApiError, LimitKind, OktaError};
+use super::pacing::{self, endpoint_of, BucketReport, Pacer, Refusal};
 use super::search;
 use crate::domain::plan::AccountStatus;
 use crate::secret::Secret;
@@ -97,11 +105,6 @@ pub struct OktaClientSettings {
     /// At most this many requests in flight (Okta's org-wide concurrency limit is 75 for
     /// workforce orgs; stay well under it so other integrations keep working).
     pub max_in_flight: usize,
-    /// How often a 429 is waited out and retried inside one call before the caller is
-    /// told (the caller waits again without counting a failed attempt).
-    pub rate_limit_retries: u32,
-    /// The longest single wait for a rate-limit window to reset.
-    pub max_rate_limit_wait: Duration,
     /// `DRY_RUN`: send reads only; changing calls are answered by `dry_run.rs`.
     pub dry_run: bool,
     /// `OKTA_ACTIVATION_EMAIL`: whether a user this service activates (rehire, future
@@ -115,8 +118,6 @@ impl Default for OktaClientSettings {
         Self {
             request_timeout: Duration::from_secs(15),
             max_in_flight: 32,
-            rate_limit_retries: 2,
-            max_rate_limit_wait: Duration::from_secs(65),
             dry_run: false,
             activation_email: true,
         }
@@ -564,8 +565,9 @@ impl OktaClient {
         Ok(items)
     }
 
-    /// Sends one request, waiting out 429s as Okta's SDKs do, and turns error answers
-    /// into [`OktaError`].
+    /// Sends one request, paced, and turns error answers into [`OktaError`]. A 429 is
+    /// [`OktaError::RateLimited`] at once: the pacer holds what follows, the pipeline
+    /// retries.
     #[tracing::instrument(name = "okta", skip_all, fields(otel.name = operation, otel.kind = "client", okta.operation = operation, http.request.method = %method, okta.request_id = tracing::field::Empty, http.response.status_code = tracing::field::Empty, otel.status_code = tracing::field::Empty))]
     pub(super) async fn call(
         &self,
@@ -583,11 +585,7 @@ impl OktaClient {
                 body,
             });
         }
-        let mut retry_for: Option<String> = None;
-        // Retries after any 429, for `X-Okta-Retry-Count`.
-        let mut retries_after_429 = 0u32;
-        let mut rate_limit_retries = 0u32;
-        let mut concurrency_retries = 0u32;
+        let endpoint = endpoint_of(method.as_str(), url.path());
         let mut renewed_token = false;
         let mut retried_with_nonce = false;
         loop {
@@ -605,16 +603,7 @@ impl OktaClient {
             if let Some(body) = body {
                 request = request.json(body);
             }
-            if let Some(previous) = &retry_for {
-                request = request
-                    .header("X-Okta-Retry-For", previous.as_str())
-                    .header("X-Okta-Retry-Count", retries_after_429.to_string());
-            }
-            let paced = self
-                .inner
-                .pacer
-                .acquire(endpoint_of(method.as_str(), url.path()))
-                .await;
+            let paced = self.inner.pacer.acquire(endpoint).await;
             let answer = {
                 let _permit = self.inner.in_flight.acquire().await;
                 let started = Instant::now();
@@ -638,23 +627,40 @@ impl OktaClient {
             if let Some(id) = &request_id {
                 span.record("okta.request_id", id.as_str());
             }
-            let concurrency_limited = answer.status == StatusCode::TOO_MANY_REQUESTS
-                && is_concurrency_limit(&answer.headers);
-            if concurrency_limited {
-                // Says nothing about the endpoint's bucket: leave the pacer as it was.
-                drop(paced);
-            } else {
+            let refused = answer.status == StatusCode::TOO_MANY_REQUESTS;
+            let concurrency = refused && is_concurrency_limit(&answer.headers);
+            if !concurrency {
+                // A concurrency 429's zeros say nothing about the endpoint's bucket.
                 if let Some(remaining) = header_i64(&answer.headers, "x-rate-limit-remaining") {
                     self.inner
                         .last_remaining
                         .store(remaining, Ordering::Relaxed);
                 }
-                paced.report(bucket_report(
-                    &answer.headers,
-                    self.inner.settings.max_rate_limit_wait,
-                ));
             }
+            // Remembered even from a 429, so the pipeline's retry has the newest nonce.
             let nonce_asked = self.inner.auth.observe_answer(&answer.headers);
+            if refused {
+                let (limit, refusal) = if concurrency {
+                    (LimitKind::Concurrency, Refusal::Concurrency)
+                } else {
+                    let resets_in = resets_in(&answer.headers);
+                    (LimitKind::Bucket, Refusal::BucketEmpty { resets_in })
+                };
+                let retry_after = paced.refused(refusal);
+                tracing::debug!(
+                    okta.operation = operation,
+                    retry_in_ms = retry_after.as_millis() as u64,
+                    concurrency_limit = concurrency,
+                    "Okta answered 429; the pacer holds the next request"
+                );
+                return Err(OktaError::RateLimited {
+                    operation,
+                    limit,
+                    retry_after,
+                    request_id,
+                });
+            }
+            paced.report(bucket_report(&answer.headers));
             if answer.status.is_success() {
                 return Ok(answer);
             }
@@ -663,49 +669,6 @@ impl OktaClient {
                 retried_with_nonce = true;
                 tracing::debug!("Okta asked for a DPoP nonce; retrying once with it");
                 continue;
-            }
-            if answer.status == StatusCode::TOO_MANY_REQUESTS {
-                retry_for.clone_from(&request_id);
-                retries_after_429 += 1;
-                if concurrency_limited {
-                    // Too many requests in flight org-wide, not a bucket at 0: one will
-                    // finish soon, so back off briefly instead of waiting for a window.
-                    concurrency_retries += 1;
-                    let backoff = concurrency_backoff(concurrency_retries, fastrand::f64());
-                    if concurrency_retries > CONCURRENCY_RETRIES {
-                        return Err(OktaError::ConcurrencyLimited {
-                            operation,
-                            request_id,
-                        });
-                    }
-                    tracing::debug!(
-                        wait_ms = backoff.as_millis() as u64,
-                        "Okta concurrency limit; backing off briefly"
-                    );
-                    tokio::time::sleep(backoff).await;
-                    continue;
-                }
-                let wait =
-                    rate_limit_wait(&answer.headers, self.inner.settings.max_rate_limit_wait);
-                if rate_limit_retries < self.inner.settings.rate_limit_retries {
-                    rate_limit_retries += 1;
-                    tracing::debug!(
-                        wait_ms = wait.as_millis() as u64,
-                        "Okta rate limit; waiting for the window to reset"
-                    );
-                    // The pacer now knows the bucket is empty until its reset and holds
-                    // the retry until then; without rate-limit headers it knows nothing,
-                    // so wait here.
-                    if bucket_report(&answer.headers, wait).is_none() {
-                        tokio::time::sleep(wait).await;
-                    }
-                    continue;
-                }
-                return Err(OktaError::RateLimited {
-                    operation,
-                    retry_after: wait,
-                    request_id,
-                });
             }
             let error = api_error(operation, &answer, request_id);
             // An access token can die early (revoked, clock skew): renew it and try once
@@ -723,24 +686,26 @@ impl OktaClient {
     }
 }
 
-/// What the rate-limit headers say about the bucket, with the reset measured on Okta's
-/// clock (`Date`), so clock skew does not matter, and never further away than `max`.
-/// (`Date` is truncated to the second, so `Reset − Date` is never short of the true
-/// time left.)
-fn bucket_report(headers: &HeaderMap, max: Duration) -> Option<BucketReport> {
+/// What the rate-limit headers say about the bucket (the pacer bounds how far ahead a
+/// reset is believed).
+fn bucket_report(headers: &HeaderMap) -> Option<BucketReport> {
     let remaining = u64::try_from(header_i64(headers, "x-rate-limit-remaining")?).ok()?;
+    Some(BucketReport {
+        remaining,
+        resets_in: resets_in(headers)?,
+    })
+}
+
+/// Time until `X-Rate-Limit-Reset`, measured on Okta's clock (`Date`) so that clock
+/// skew does not matter; zero for a reset already past. `Date` is truncated to the
+/// second, so this is never short of the true time left.
+fn resets_in(headers: &HeaderMap) -> Option<Duration> {
     let reset = header_i64(headers, "x-rate-limit-reset")?;
     let now = header_str(headers, "date")
         .and_then(httpdate_to_unix)
         .unwrap_or_else(unix_now);
-    Some(BucketReport {
-        remaining,
-        resets_in: Duration::from_secs(u64::try_from(reset - now).unwrap_or(0)).min(max),
-    })
+    Some(Duration::from_secs(u64::try_from(reset - now).unwrap_or(0)))
 }
-
-/// How often a concurrency-limit 429 is backed off from and retried inside one call.
-const CONCURRENCY_RETRIES: u32 = 6;
 
 /// Whether a 429 is Okta's concurrency limit (too many requests in flight org-wide)
 /// rather than an endpoint's bucket at 0: its `X-Rate-Limit-Limit` and
@@ -748,16 +713,6 @@ const CONCURRENCY_RETRIES: u32 = 6;
 pub fn is_concurrency_limit(headers: &HeaderMap) -> bool {
     header_i64(headers, "x-rate-limit-limit") == Some(0)
         && header_i64(headers, "x-rate-limit-remaining") == Some(0)
-}
-
-/// The short wait after the `retry`-th (1-based) concurrency-limit 429 in a row: half
-/// of `50 ms × 2^(retry−1)` (at most 1 s) plus a random share (`unit` in `[0, 1]`) of
-/// the other half, so that requests refused together do not return together.
-pub fn concurrency_backoff(retry: u32, unit: f64) -> Duration {
-    let cap = Duration::from_millis(50)
-        .saturating_mul(1 << retry.saturating_sub(1).min(10))
-        .min(Duration::from_secs(1));
-    cap / 2 + (cap / 2).mul_f64(unit.clamp(0.0, 1.0))
 }
 
 fn unix_now() -> i64 {
@@ -852,19 +807,11 @@ fn header_i64(headers: &HeaderMap, name: &str) -> Option<i64> {
     header_str(headers, name).and_then(|v| v.trim().parse().ok())
 }
 
-/// How long to wait after a 429: `X-Rate-Limit-Reset − Date + 1 s` (Okta's SDK rule,
-/// using Okta's clock so that skew does not matter), plus up to 250 ms of jitter so
-/// that waiting workers do not all return at once; capped at `max`.
-pub fn rate_limit_wait(headers: &HeaderMap, max: Duration) -> Duration {
-    let reset = header_i64(headers, "x-rate-limit-reset");
-    let now = header_str(headers, "date")
-        .and_then(httpdate_to_unix)
-        .unwrap_or_else(unix_now);
-    let base = match reset {
-        Some(reset) => Duration::from_secs((reset - now).max(0) as u64 + 1),
-        None => Duration::from_secs(1),
-    };
-    (base + Duration::from_millis(fastrand::u64(0..250))).min(max)
+/// How long to wait after a 429 from an endpoint the pacer does not see (the token
+/// endpoint): the pacer's rule for a bucket 429, `X-Rate-Limit-Reset − Date`, bounded
+/// by [`pacing::MAX_RESET_WAIT`].
+pub fn rate_limit_wait(headers: &HeaderMap) -> Duration {
+    pacing::wait_after_refusal(resets_in(headers))
 }
 
 /// Parses an IMF-fixdate (`Sun, 29 Nov 2026 06:07:40 GMT`) to Unix seconds.
@@ -881,8 +828,7 @@ fn httpdate_to_unix(value: &str) -> Option<i64> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn rate_limit_wait_uses_okta_clock_plus_one_second() {
+    fn headers_with_reset_in(seconds: i64) -> HeaderMap {
         let mut headers = HeaderMap::new();
         headers.insert(
             "date",
@@ -891,29 +837,45 @@ mod tests {
         let date = httpdate_to_unix("Sun, 29 Nov 2026 06:07:40 GMT").expect("date parses");
         headers.insert(
             "x-rate-limit-reset",
-            HeaderValue::from_str(&(date + 3).to_string()).expect("header"),
+            HeaderValue::from_str(&(date + seconds).to_string()).expect("header"),
         );
-        let wait = rate_limit_wait(&headers, Duration::from_secs(60));
-        assert!(
-            wait >= Duration::from_secs(4) && wait < Duration::from_millis(4250),
-            "{wait:?}"
+        headers
+    }
+
+    #[test]
+    fn a_429_waits_for_the_reset_by_okta_clock() {
+        assert_eq!(
+            rate_limit_wait(&headers_with_reset_in(3)),
+            Duration::from_secs(3)
         );
         assert_eq!(
-            rate_limit_wait(&headers, Duration::from_secs(2)),
-            Duration::from_secs(2)
+            rate_limit_wait(&headers_with_reset_in(3_600)),
+            pacing::MAX_RESET_WAIT,
+            "a reset an hour away is not believed"
         );
     }
 
     #[test]
-    fn a_reset_in_the_past_waits_one_second() {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            "date",
-            HeaderValue::from_static("Sun, 29 Nov 2026 06:07:40 GMT"),
+    fn a_reset_already_past_waits_nothing_and_no_reset_one_second() {
+        assert_eq!(
+            rate_limit_wait(&headers_with_reset_in(-100)),
+            Duration::ZERO
         );
-        headers.insert("x-rate-limit-reset", HeaderValue::from_static("1000"));
-        let wait = rate_limit_wait(&headers, Duration::from_secs(60));
-        assert!(wait >= Duration::from_secs(1) && wait < Duration::from_millis(1250));
+        assert_eq!(rate_limit_wait(&HeaderMap::new()), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_bucket_report_needs_both_headers_and_measures_on_okta_clock() {
+        let mut headers = headers_with_reset_in(7);
+        assert_eq!(bucket_report(&headers), None, "no Remaining");
+        headers.insert("x-rate-limit-remaining", HeaderValue::from_static("12"));
+        assert_eq!(
+            bucket_report(&headers),
+            Some(BucketReport {
+                remaining: 12,
+                resets_in: Duration::from_secs(7),
+            })
+        );
     }
 
     #[test]
@@ -932,20 +894,107 @@ mod tests {
         assert!(!is_concurrency_limit(&HeaderMap::new()), "no headers");
     }
 
-    #[test]
-    fn concurrency_backoff_is_short_growing_and_spread() {
-        assert_eq!(concurrency_backoff(1, 0.0), Duration::from_millis(25));
-        assert_eq!(concurrency_backoff(1, 1.0), Duration::from_millis(50));
-        assert_eq!(concurrency_backoff(3, 0.0), Duration::from_millis(100));
-        for retry in 1..=CONCURRENCY_RETRIES + 5 {
-            assert!(concurrency_backoff(retry, 1.0) <= Duration::from_secs(1));
-        }
-        let total: Duration = (1..=CONCURRENCY_RETRIES)
-            .map(|retry| concurrency_backoff(retry, 1.0))
-            .sum();
+    /// An org that answers every request 429 with `limit`/`remaining` and a reset
+    /// `reset_in_s` ahead, counting the requests that reach it.
+    async fn refusing_org(
+        limit: &'static str,
+        remaining: &'static str,
+        reset_in_s: i64,
+    ) -> (OktaClient, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::AtomicUsize;
+        let reached = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&reached);
+        let org = axum::Router::new().fallback(move || {
+            let counter = Arc::clone(&counter);
+            async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let reset = (unix_now() + reset_in_s).to_string();
+                (
+                    axum::http::StatusCode::TOO_MANY_REQUESTS,
+                    [
+                        ("x-rate-limit-limit", limit.to_owned()),
+                        ("x-rate-limit-remaining", remaining.to_owned()),
+                        ("x-rate-limit-reset", reset),
+                        ("x-okta-request-id", "req-429".to_owned()),
+                    ],
+                    axum::Json(serde_json::json!({
+                        "errorCode": "E0000047",
+                        "errorSummary": "API call exceeded rate limit due to too many requests.",
+                    })),
+                )
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        tokio::spawn(async move { axum::serve(listener, org).await });
+        let client = OktaClient::new(
+            Url::parse(&format!("http://{address}")).expect("url"),
+            &Secret::new("t"),
+            OktaClientSettings::default(),
+        )
+        .expect("client");
+        (client, reached)
+    }
+
+    #[tokio::test]
+    async fn a_bucket_429_is_reported_at_once_and_the_pacer_holds_the_next_request() {
+        let (client, reached) = refusing_org("600", "0", 30).await;
+        let error = client
+            .get_user("someone@example.com")
+            .await
+            .expect_err("refused");
+        assert_eq!(
+            reached.load(Ordering::SeqCst),
+            1,
+            "no retry inside the call"
+        );
+        let OktaError::RateLimited {
+            limit,
+            retry_after,
+            request_id,
+            ..
+        } = &error
+        else {
+            panic!("not a rate limit: {error}");
+        };
+        assert_eq!(*limit, LimitKind::Bucket);
+        assert_eq!(request_id.as_deref(), Some("req-429"));
+        // Reset − Date; Date is truncated to the second.
         assert!(
-            total < Duration::from_secs(3),
-            "{total:?}: far below a window"
+            (Duration::from_secs(30)..=Duration::from_secs(31)).contains(retry_after),
+            "{retry_after:?}"
+        );
+        // The next request to that endpoint waits for the pacer, not for the wire.
+        let held = tokio::time::timeout(
+            Duration::from_millis(300),
+            client.get_user("other@example.com"),
+        )
+        .await;
+        assert!(held.is_err(), "held back by the pacer");
+        assert_eq!(reached.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_concurrency_429_is_reported_at_once_with_a_short_delay() {
+        let (client, reached) = refusing_org("0", "0", 60).await;
+        let error = client.probe().await.expect_err("refused");
+        assert_eq!(
+            reached.load(Ordering::SeqCst),
+            1,
+            "no retry inside the call"
+        );
+        assert!(
+            matches!(
+                error,
+                OktaError::RateLimited {
+                    limit: LimitKind::Concurrency,
+                    retry_after,
+                    ..
+                } if retry_after <= Duration::from_millis(50)
+            ),
+            "not its minute-long reset: {error}"
         );
     }
 

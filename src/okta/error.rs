@@ -43,19 +43,17 @@ pub enum OktaError {
     /// Okta answered with an error status.
     #[error("Okta answered {} {} to {}: {}{}", .0.status, .0.code.as_deref().unwrap_or("(no error code)"), .0.operation, .0.summary, causes_suffix(&.0.causes))]
     Api(Box<ApiError>),
-    /// Okta's rate limit is still in force after the client's own waits.
-    #[error("Okta rate limit reached on {operation}; the window resets in {}s", .retry_after.as_secs())]
+    /// Okta answered 429. The client does not retry: the pacer now holds the next
+    /// request for `retry_after`, and the pipeline tries again after it without using
+    /// an attempt.
+    #[error("Okta {} reached on {operation}; next try in {} ms", .limit.describe(), .retry_after.as_millis())]
     RateLimited {
         operation: &'static str,
+        /// Which of Okta's limits refused the request.
+        limit: LimitKind,
+        /// How long the pacer holds the next request: until the bucket's reset, or a
+        /// short backoff for the concurrency limit.
         retry_after: Duration,
-        request_id: Option<String>,
-    },
-    /// Okta's concurrency limit (too many requests in flight org-wide) still refused
-    /// the request after the client's short backoffs. Not a bucket at 0: no window to
-    /// wait for.
-    #[error("Okta concurrency limit reached on {operation}: too many requests in flight")]
-    ConcurrencyLimited {
-        operation: &'static str,
         request_id: Option<String>,
     },
     /// The token endpoint refused to give the service app an access token.
@@ -83,6 +81,25 @@ pub enum OktaError {
     },
 }
 
+/// Which of Okta's limits a 429 came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitKind {
+    /// The endpoint's rate-limit bucket is spent until its window resets.
+    Bucket,
+    /// Too many requests in flight org-wide (`X-Rate-Limit-Limit` and `-Remaining` 0):
+    /// no window to wait for; it clears when one finishes.
+    Concurrency,
+}
+
+impl LimitKind {
+    fn describe(self) -> &'static str {
+        match self {
+            LimitKind::Bucket => "rate limit",
+            LimitKind::Concurrency => "concurrency limit (too many requests in flight)",
+        }
+    }
+}
+
 fn causes_suffix(causes: &[String]) -> String {
     if causes.is_empty() {
         String::new()
@@ -101,9 +118,7 @@ impl OktaError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             OktaError::Transport { .. } | OktaError::Decode { .. } => ErrorKind::Transient,
-            OktaError::RateLimited { .. } | OktaError::ConcurrencyLimited { .. } => {
-                ErrorKind::RateLimited
-            }
+            OktaError::RateLimited { .. } => ErrorKind::RateLimited,
             OktaError::Api(api) if api.status == 429 => ErrorKind::RateLimited,
             // "User is still being activated": Okta will finish on its own; try later.
             OktaError::Api(api) if api.code.as_deref() == Some("E0000112") => ErrorKind::Transient,
@@ -122,9 +137,7 @@ impl OktaError {
         match self {
             OktaError::Api(api) => api.code.as_deref(),
             OktaError::Token(token) => Some(token.error.as_str()),
-            OktaError::RateLimited { .. } | OktaError::ConcurrencyLimited { .. } => {
-                Some("E0000047")
-            }
+            OktaError::RateLimited { .. } => Some("E0000047"),
             _ => None,
         }
     }
@@ -135,7 +148,6 @@ impl OktaError {
             OktaError::Api(api) => api.request_id.as_deref(),
             OktaError::Token(token) => token.request_id.as_deref(),
             OktaError::RateLimited { request_id, .. }
-            | OktaError::ConcurrencyLimited { request_id, .. }
             | OktaError::Decode { request_id, .. }
             | OktaError::ForeignLink { request_id, .. } => request_id.as_deref(),
             OktaError::Transport { .. } | OktaError::Assertion { .. } => None,
@@ -215,20 +227,32 @@ mod tests {
 
     #[test]
     fn both_kinds_of_429_are_rate_limits() {
-        let concurrency = OktaError::ConcurrencyLimited {
+        let concurrency = OktaError::RateLimited {
             operation: "getUser",
+            limit: LimitKind::Concurrency,
+            retry_after: Duration::from_millis(40),
             request_id: Some("req-3".into()),
-        }
-        .to_failure();
-        assert_eq!(concurrency.kind, ErrorKind::RateLimited);
-        assert_eq!(concurrency.okta_error_code.as_deref(), Some("E0000047"));
-        assert_eq!(concurrency.okta_request_id.as_deref(), Some("req-3"));
+        };
+        let failure = concurrency.to_failure();
+        assert_eq!(failure.kind, ErrorKind::RateLimited);
+        assert_eq!(failure.okta_error_code.as_deref(), Some("E0000047"));
+        assert_eq!(failure.okta_request_id.as_deref(), Some("req-3"));
+        assert!(
+            failure.message.contains("concurrency limit") && failure.message.contains("in 40 ms"),
+            "{}",
+            failure.message
+        );
         let bucket = OktaError::RateLimited {
             operation: "createUser",
-            retry_after: Duration::from_secs(3),
+            limit: LimitKind::Bucket,
+            retry_after: Duration::from_millis(3_400),
             request_id: None,
         };
         assert_eq!(bucket.kind(), ErrorKind::RateLimited);
+        assert_eq!(
+            bucket.to_string(),
+            "Okta rate limit reached on createUser; next try in 3400 ms"
+        );
     }
 
     #[test]

@@ -13,4 +13,4 @@ pub mod search;
 
 pub use auth::{OktaAuth, ServiceApp, SigningKey};
 pub use client::{OktaClient, OktaClientSettings, OktaGroup, OktaUser};
-pub use error::OktaError;
+pub use error::{LimitKind, OktaError};

@@ -105,10 +105,9 @@ async fn run(args: ReconcileArgs) -> anyhow::Result<u8> {
             "reconcile needs a real Okta (OKTA_ORG_URL and OKTA_API_TOKEN or OKTA_CLIENT_ID)"
         );
     };
-    let mut client_settings = settings.okta.client.clone();
-    // Every 429 comes back here, to be waited out and said on standard error (the pacer
-    // still paces every request).
-    client_settings.rate_limit_retries = 0;
+    // Every 429 comes back here at once (the client never loops on one), to be waited
+    // out as the pacer says and said on standard error.
+    let client_settings = settings.okta.client.clone();
     // Reads only; a DRY_RUN setting changes nothing for a reconciliation.
     let okta = OktaClient::with_auth(url.clone(), auth, client_settings)?;
     let mapping = settings.mapping.load().await?.unwrap_or_default();
