@@ -354,6 +354,12 @@ mod tests {
     }
 
     #[test]
+    fn lane_names_are_the_metric_labels() {
+        assert_eq!(Lane::Work.as_str(), "work");
+        assert_eq!(Lane::Leavers.as_str(), "leavers");
+    }
+
+    #[test]
     fn only_removals_routed_by_the_input_exchange_have_twins() {
         let lanes = Lanes::new(INPUT);
         assert!(lanes.has_twin(INPUT, REMOVED));
