@@ -580,6 +580,42 @@ mod tests {
     }
 
     #[test]
+    fn a_twin_recorded_again_is_forgotten_by_its_new_age_not_its_old_one() {
+        let lanes = Lanes::with_capacity(INPUT, 3);
+        let r = |n: &str| removal(n, &format!("E-{n}"), &format!("{n}@example.com"));
+        let carried_out = |event: &HrEvent| {
+            lanes.settled(Lane::Leavers, INPUT, REMOVED, event, Settlement::CarriedOut);
+        };
+        let (a, x, b, c, d) = (r("a"), r("x"), r("b"), r("c"), r("d"));
+        carried_out(&a);
+        carried_out(&x);
+        assert_eq!(
+            lanes.admit(Lane::Work, INPUT, REMOVED, &x),
+            Admission::TwinSettled
+        );
+        carried_out(&b);
+        // The leavers copy of `x` comes again (its acknowledgement was lost after the
+        // twin ran): it runs and is recorded anew, younger than `b`.
+        assert_eq!(
+            lanes.admit(Lane::Leavers, INPUT, REMOVED, &x),
+            Admission::Process
+        );
+        carried_out(&x);
+        carried_out(&c); // forgets `a`, the oldest
+        carried_out(&d); // forgets `b`: `x`'s first record is no longer its age
+        assert_eq!(lanes.remembered(), 3);
+        assert_eq!(
+            lanes.admit(Lane::Work, INPUT, REMOVED, &x),
+            Admission::TwinSettled,
+            "`x` was recorded after `b`, so it is remembered longer"
+        );
+        assert_eq!(
+            lanes.admit(Lane::Work, INPUT, REMOVED, &b),
+            Admission::Process
+        );
+    }
+
+    #[test]
     fn memory_is_bounded_and_the_oldest_twin_is_forgotten_first() {
         let lanes = Lanes::with_capacity(INPUT, 2);
         let removals: Vec<HrEvent> = (0..3)
