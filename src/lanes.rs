@@ -616,6 +616,32 @@ mod tests {
     }
 
     #[test]
+    fn over_many_twins_the_latest_are_the_ones_remembered() {
+        let lanes = Lanes::with_capacity(INPUT, 2);
+        let removals: Vec<HrEvent> = (0..10)
+            .map(|n| {
+                removal(
+                    &format!("r{n}"),
+                    &format!("E-{n}"),
+                    &format!("{n}@example.com"),
+                )
+            })
+            .collect();
+        for r in &removals {
+            lanes.settled(Lane::Leavers, INPUT, REMOVED, r, Settlement::CarriedOut);
+        }
+        assert_eq!(lanes.remembered(), 2);
+        for (n, r) in removals.iter().enumerate().rev() {
+            let expected = if n >= 8 {
+                Admission::TwinSettled
+            } else {
+                Admission::Process
+            };
+            assert_eq!(lanes.admit(Lane::Work, INPUT, REMOVED, r), expected, "r{n}");
+        }
+    }
+
+    #[test]
     fn memory_is_bounded_and_the_oldest_twin_is_forgotten_first() {
         let lanes = Lanes::with_capacity(INPUT, 2);
         let removals: Vec<HrEvent> = (0..3)
