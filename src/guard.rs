@@ -84,15 +84,6 @@ mod tests {
         assert!(!guard.admit());
     }
 
-    #[test]
-    fn the_limits_are_reported_as_configured() {
-        let limits = GuardLimits {
-            max: 7,
-            window: Duration::from_secs(90),
-        };
-        assert_eq!(OffboardingGuard::new(limits).limits(), limits);
-    }
-
     #[tokio::test(start_paused = true)]
     async fn max_zero_holds_every_removal() {
         let guard = OffboardingGuard::new(GuardLimits {
