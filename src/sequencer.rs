@@ -196,6 +196,30 @@ mod tests {
             .expect("waiter task");
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_delivery_under_two_pending_keys_waits_for_both_holders() {
+        let sequencer = Sequencer::new();
+        let by_id = sequencer.register(keys(&["id:A"]));
+        let by_email = sequencer.register(keys(&["email:a@x"]));
+        // The first event to carry both keys links the two deliveries before it.
+        let mut both = sequencer.register(keys(&["id:A", "email:a@x"]));
+        drop(by_id);
+        let waiter = tokio::spawn(async move {
+            both.wait().await;
+            both
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(
+            !waiter.is_finished(),
+            "it ran while the delivery under its email was pending"
+        );
+        drop(by_email);
+        let _both = tokio::time::timeout(Duration::from_secs(1), waiter)
+            .await
+            .expect("it goes once both are done")
+            .expect("waiter task");
+    }
+
     #[test]
     fn keys_are_tracked_while_a_delivery_is_pending_and_only_then() {
         let sequencer = Sequencer::new();

@@ -856,6 +856,9 @@ mod tests {
             &every_ascii[..40],
             "Ünïcödé \u{301}é\u{200b}x 😀",
             &"é\u{7f}".repeat(90),
+            // The byte bound falls inside an escape, and inside a two-byte letter.
+            &format!("a{}", "\u{1}".repeat(100)),
+            &format!("{}{}", "\u{1}".repeat(47), "é".repeat(5)),
         ] {
             assert_eq!(printable(value), by_char(value), "{value:?}");
         }
@@ -932,6 +935,8 @@ mod tests {
         assert_eq!(printable(r#"say "hi""#), r#"say \"hi\""#);
         assert_eq!(printable("it's"), r"it\'s");
         assert_eq!(printable(r"C:\temp"), r"C:\\temp");
+        assert_eq!(printable("\""), "\\\"");
+        assert_eq!(printable("\\"), "\\\\");
         assert_eq!(printable("plain text"), "plain text");
     }
 
@@ -970,11 +975,16 @@ mod tests {
         );
         assert_eq!(context, ValidationContext::default());
         // At the limit, the body is read (and here fails for what it is).
-        assert!(error_of(RawMessage {
-            body: &body.as_bytes()[..1024],
-            ..message
-        })
-        .contains("not valid JSON"));
+        let Err((error, _)) = parse_message_bounded(
+            RawMessage {
+                body: &body.as_bytes()[..1024],
+                ..message
+            },
+            1024,
+        ) else {
+            panic!("a truncated body is not JSON")
+        };
+        assert!(error.to_string().contains("not valid JSON"), "{error}");
     }
 
     #[test]
