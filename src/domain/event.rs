@@ -662,6 +662,10 @@ mod tests {
         assert_eq!(record.groups, vec!["Engineering", "Sales"]);
         assert_eq!(record.department.as_deref(), Some("R&D"));
         assert_eq!(record.title, None);
+        assert_eq!(
+            record.manager_email.as_ref().map(Email::as_str),
+            Some("grace@example.com")
+        );
         assert_eq!(record.start_date, Some(time::macros::date!(2026 - 12 - 01)));
         assert_eq!(
             event.ordering_keys(),
@@ -863,6 +867,9 @@ mod tests {
             &every_ascii[..40],
             "Ünïcödé \u{301}é\u{200b}x 😀",
             &"é\u{7f}".repeat(90),
+            // The byte bound falls inside an escape, and inside a two-byte letter.
+            &format!("a{}", "\u{1}".repeat(100)),
+            &format!("{}{}", "\u{1}".repeat(47), "é".repeat(5)),
         ] {
             assert_eq!(printable(value), by_char(value), "{value:?}");
         }
@@ -874,6 +881,89 @@ mod tests {
         let escaped = printable(&"\u{1}".repeat(255));
         assert!(escaped.len() <= 243, "{}", escaped.len());
         assert!(escaped.ends_with('…'));
+    }
+
+    #[test]
+    fn each_length_limit_admits_its_longest_value_and_refuses_one_more() {
+        let hire = |patch: &dyn Fn(&mut Value)| {
+            let mut body: Value = serde_json::from_str(HIRE).expect("json");
+            patch(&mut body);
+            parse_message(raw("employee.added", &body.to_string()))
+                .map_err(|(error, _)| error.to_string())
+        };
+        let id = |n: usize| move |b: &mut Value| b["employee"]["id"] = json!("1".repeat(n));
+        assert!(hire(&id(100)).is_ok());
+        assert_eq!(
+            hire(&id(101)).expect_err("too long"),
+            "`employee.id` is longer than 100 characters"
+        );
+        let event_id = |n: usize| move |b: &mut Value| b["event_id"] = json!("e".repeat(n));
+        assert!(hire(&event_id(255)).is_ok());
+        assert!(hire(&event_id(256)).is_err());
+        let groups = |n: usize| {
+            move |b: &mut Value| {
+                b["employee"]["groups"] = json!((0..n).map(|i| format!("g{i}")).collect::<Vec<_>>())
+            }
+        };
+        assert!(hire(&groups(100)).is_ok());
+        assert!(hire(&groups(101)).is_err());
+        let group_name =
+            |n: usize| move |b: &mut Value| b["employee"]["groups"] = json!(["g".repeat(n)]);
+        assert!(hire(&group_name(255)).is_ok());
+        assert!(hire(&group_name(256)).is_err());
+        for field in ["department", "title"] {
+            let text = |n: usize| move |b: &mut Value| b["employee"][field] = json!("t".repeat(n));
+            let event = hire(&text(255)).expect("255 characters");
+            let EventBody::Added(record) = event.body else {
+                panic!("not a hire")
+            };
+            let value = if field == "title" {
+                record.title
+            } else {
+                record.department
+            };
+            assert_eq!(value.map(|v| v.len()), Some(255));
+            assert_eq!(
+                hire(&text(256)).expect_err("too long"),
+                format!("`employee.{field}` is longer than 255 characters")
+            );
+        }
+    }
+
+    #[test]
+    fn a_blank_manager_email_is_absent_not_invalid() {
+        let mut body: Value = serde_json::from_str(HIRE).expect("json");
+        body["employee"]["manager_email"] = json!("  ");
+        let event = parse_message(raw("employee.added", &body.to_string())).expect("valid");
+        let EventBody::Added(record) = event.body else {
+            panic!("not a hire")
+        };
+        assert_eq!(record.manager_email, None);
+    }
+
+    #[test]
+    fn printable_escapes_quotes_and_backslashes_in_plain_ascii() {
+        assert_eq!(printable(r#"say "hi""#), r#"say \"hi\""#);
+        assert_eq!(printable("it's"), r"it\'s");
+        assert_eq!(printable(r"C:\temp"), r"C:\\temp");
+        assert_eq!(printable("\""), "\\\"");
+        assert_eq!(printable("\\"), "\\\\");
+        assert_eq!(printable("plain text"), "plain text");
+    }
+
+    #[test]
+    fn event_types_read_and_name_their_routing_keys() {
+        for event_type in EventType::ALL {
+            assert_eq!(
+                EventType::from_routing_key(event_type.as_str()),
+                Some(event_type)
+            );
+            assert_eq!(event_type.to_string(), event_type.as_str());
+        }
+        assert_eq!(EventType::Added.as_str(), "employee.added");
+        assert_eq!(EventType::Updated.as_str(), "employee.updated");
+        assert_eq!(EventType::Removed.as_str(), "employee.removed");
+        assert_eq!(EventType::from_routing_key("employee.*"), None);
     }
 
     #[test]
@@ -896,11 +986,16 @@ mod tests {
         );
         assert_eq!(context, ValidationContext::default());
         // At the limit, the body is read (and here fails for what it is).
-        assert!(error_of(RawMessage {
-            body: &body.as_bytes()[..1024],
-            ..message
-        })
-        .contains("not valid JSON"));
+        let Err((error, _)) = parse_message_bounded(
+            RawMessage {
+                body: &body.as_bytes()[..1024],
+                ..message
+            },
+            1024,
+        ) else {
+            panic!("a truncated body is not JSON")
+        };
+        assert!(error.to_string().contains("not valid JSON"), "{error}");
     }
 
     #[test]

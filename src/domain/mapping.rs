@@ -308,6 +308,54 @@ mod tests {
     }
 
     #[test]
+    fn the_managed_groups_are_every_target_once() {
+        let mapping = GroupMapping::from_json(
+            r#"{"*": "All-Staff", "Sales": ["Sales-App", "All-Staff"], "Eng": "00g1abcdEFGH2345ijkl"}"#,
+        )
+        .expect("valid");
+        assert!(!mapping.is_empty());
+        assert_eq!(
+            mapping.all_targets(),
+            vec![
+                GroupTarget::Id("00g1abcdEFGH2345ijkl".into()),
+                GroupTarget::Name("All-Staff".into()),
+                GroupTarget::Name("Sales-App".into()),
+            ]
+        );
+        let entries: Vec<(&str, Vec<String>)> = mapping
+            .entries()
+            .map(|(key, targets)| (key, targets.iter().map(|t| t.to_string()).collect()))
+            .collect();
+        assert_eq!(
+            entries,
+            vec![
+                ("*", vec![r#""All-Staff""#.to_owned()]),
+                ("Eng", vec!["id 00g1abcdEFGH2345ijkl".to_owned()]),
+                (
+                    "Sales",
+                    vec![r#""Sales-App""#.to_owned(), r#""All-Staff""#.to_owned()]
+                ),
+            ]
+        );
+        let empty = GroupMapping::from_json("{}").expect("valid");
+        assert!(empty.is_empty());
+        assert!(empty.all_targets().is_empty());
+    }
+
+    #[test]
+    fn pairs_build_the_same_mapping_as_its_json() {
+        let from_pairs = GroupMapping::from_pairs([
+            ("Sales", &["Sales-App"][..]),
+            ("Eng", &["Eng-Core", "00g1abcdEFGH2345ijkl"][..]),
+        ]);
+        let from_json = GroupMapping::from_json(
+            r#"{"Sales": "Sales-App", "Eng": ["Eng-Core", "00g1abcdEFGH2345ijkl"]}"#,
+        )
+        .expect("valid");
+        assert_eq!(from_pairs, from_json);
+    }
+
+    #[test]
     fn group_id_detection_is_strict() {
         assert_eq!(
             GroupTarget::parse("00gshort"),

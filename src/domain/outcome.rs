@@ -143,6 +143,47 @@ mod tests {
     use time::macros::datetime;
 
     #[test]
+    fn names_are_the_contract_s_and_the_serialised_ones() {
+        for (status, name) in [
+            (OutcomeStatus::Succeeded, "succeeded"),
+            (OutcomeStatus::Failed, "failed"),
+            (OutcomeStatus::Retrying, "retrying"),
+            (OutcomeStatus::Held, "held"),
+        ] {
+            assert_eq!(status.as_str(), name);
+            assert_eq!(serde_json::to_value(status).expect("serialise"), name);
+        }
+        for (kind, name) in [
+            (ErrorKind::Validation, "validation"),
+            (ErrorKind::Mapping, "mapping"),
+            (ErrorKind::Okta, "okta"),
+            (ErrorKind::Transient, "transient"),
+            (ErrorKind::RateLimited, "rate_limited"),
+            (ErrorKind::Conflict, "conflict"),
+        ] {
+            // `as_str` is the `x-error-kind` header, Display the log field, serde the
+            // outcome body: one name in all three.
+            assert_eq!(kind.as_str(), name);
+            assert_eq!(kind.to_string(), name);
+            assert_eq!(serde_json::to_value(kind).expect("serialise"), name);
+        }
+    }
+
+    #[test]
+    fn only_transient_failures_and_rate_limits_are_retried() {
+        assert!(ErrorKind::Transient.is_retryable());
+        assert!(ErrorKind::RateLimited.is_retryable());
+        for kind in [
+            ErrorKind::Validation,
+            ErrorKind::Mapping,
+            ErrorKind::Okta,
+            ErrorKind::Conflict,
+        ] {
+            assert!(!kind.is_retryable(), "{kind}");
+        }
+    }
+
+    #[test]
     fn serialises_every_contract_field() {
         let outcome = Outcome {
             source_event_id: Some("ev-1".into()),

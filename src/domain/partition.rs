@@ -209,11 +209,59 @@ mod tests {
     }
 
     #[test]
+    fn a_blank_or_overlong_message_id_is_no_key() {
+        for message_id in ["", "   ", &"m".repeat(256)] {
+            assert_eq!(
+                hash_key(b"not json", Some(message_id), MAX),
+                HashKey::Unkeyed(None),
+                "{message_id:?}"
+            );
+        }
+        let longest = "m".repeat(255);
+        assert_eq!(
+            hash_key(b"not json", Some(&longest), MAX),
+            HashKey::Unkeyed(Some(longest.clone()))
+        );
+    }
+
+    #[test]
+    fn key_kinds_are_fixed_labels() {
+        assert_eq!(HashKey::EmployeeId("E-1".into()).kind(), "employee_id");
+        assert_eq!(HashKey::Email("a@x.co".into()).kind(), "email");
+        assert_eq!(HashKey::Unkeyed(Some("e".into())).kind(), "unkeyed");
+        assert_eq!(HashKey::Unkeyed(None).kind(), "unkeyed");
+        assert_eq!(
+            HashKey::Email("a@x.co".into()).plain_value(),
+            "email:a@x.co"
+        );
+        assert_eq!(HashKey::Unkeyed(Some("e".into())).plain_value(), "event:e");
+    }
+
+    #[test]
+    fn host_names_without_an_ordinal_hash_with_fnv_1a() {
+        // FNV-1a 64's published test vectors: "a" → 0xaf63dc4c8601ec8c, "foobar" →
+        // 0x85944171f73967e8; the index is the hash modulo the replicas.
+        assert_eq!(
+            index_from_host_name("a", u16::MAX),
+            u16::try_from(0xaf63_dc4c_8601_ec8c_u64 % 65_535).expect("fits")
+        );
+        assert_eq!(
+            index_from_host_name("foobar", 1000),
+            u16::try_from(0x8594_4171_f739_67e8_u64 % 1000).expect("fits")
+        );
+    }
+
+    #[test]
     fn an_oversized_body_is_not_parsed() {
         let body = br#"{"employee":{"id":"E-1"}}"#;
         assert_eq!(
             hash_key(body, Some("m"), 4),
             HashKey::Unkeyed(Some("m".into()))
+        );
+        assert_eq!(
+            hash_key(body, Some("m"), body.len()),
+            HashKey::EmployeeId("E-1".into()),
+            "a body at the limit is read"
         );
     }
 

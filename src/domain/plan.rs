@@ -310,6 +310,11 @@ mod tests {
         assert_eq!(plan.add, vec!["Engineering"]);
         assert_eq!(plan.remove, vec!["Old-Job"]);
         assert!(plan_membership(&desired, &desired, &managed).is_empty());
+        assert!(!plan.is_empty());
+        let only_add = plan_membership(&[], &["Sales"], &managed);
+        assert!(!only_add.is_empty(), "{only_add:?}");
+        let only_remove = plan_membership(&["Old-Job"], &[], &managed);
+        assert!(!only_remove.is_empty(), "{only_remove:?}");
     }
 
     #[test]
@@ -321,6 +326,10 @@ mod tests {
         assert!(!is_stale_replay(0, occurred, later), "not a replay");
         assert!(!is_stale_replay(2, occurred, earlier));
         assert!(!is_stale_replay(1, occurred, None));
+        assert!(
+            !is_stale_replay(1, occurred, Some(occurred)),
+            "a change at the same instant is not later than the event"
+        );
     }
 
     #[test]
@@ -402,6 +411,14 @@ mod tests {
         assert_eq!(
             OffboardingMode::parse("Suspend"),
             Some(OffboardingMode::Suspend)
+        );
+        assert_eq!(
+            OffboardingMode::parse(" deactivate "),
+            Some(OffboardingMode::Deactivate)
+        );
+        assert_eq!(
+            OffboardingMode::parse("DELETE"),
+            Some(OffboardingMode::Delete)
         );
         assert_eq!(OffboardingMode::parse("archive"), None);
     }

@@ -290,6 +290,85 @@ mod tests {
     }
 
     #[test]
+    fn transient_statuses_are_408_429_and_5xx_but_501() {
+        for status in [408, 429, 500, 502, 503, 504, 599] {
+            assert!(is_transient_status(status), "{status}");
+        }
+        for status in [200, 400, 404, 407, 409, 428, 499, 501, 600] {
+            assert!(!is_transient_status(status), "{status}");
+        }
+    }
+
+    #[test]
+    fn a_429_is_a_rate_limit_whatever_its_error_code() {
+        let mut error = api(429, "E0000047", &[]);
+        if let OktaError::Api(api) = &mut error {
+            api.code = None;
+        }
+        assert_eq!(error.kind(), ErrorKind::RateLimited);
+    }
+
+    #[test]
+    fn answers_that_need_a_person_are_permanent_and_unreadable_ones_are_retried() {
+        let decode = OktaError::Decode {
+            operation: "listUsers",
+            message: "expected an array".into(),
+            request_id: Some("req-4".into()),
+        };
+        assert_eq!(decode.kind(), ErrorKind::Transient);
+        assert_eq!(decode.request_id(), Some("req-4"));
+        assert_eq!(decode.error_code(), None);
+        let foreign = OktaError::ForeignLink {
+            operation: "listUsers",
+            origin: "https://elsewhere.example".into(),
+            request_id: Some("req-5".into()),
+        };
+        assert_eq!(foreign.kind(), ErrorKind::Okta);
+        assert_eq!(foreign.request_id(), Some("req-5"));
+        assert_eq!(foreign.error_code(), None);
+        let assertion = OktaError::Assertion {
+            reason: "key rejected".into(),
+        };
+        assert_eq!(assertion.kind(), ErrorKind::Okta);
+        assert_eq!(assertion.request_id(), None);
+        assert_eq!(assertion.error_code(), None);
+        let bucket = OktaError::RateLimited {
+            operation: "createUser",
+            retry_after: Duration::from_secs(3),
+            request_id: Some("req-6".into()),
+        };
+        assert_eq!(bucket.request_id(), Some("req-6"));
+        assert_eq!(bucket.error_code(), Some("E0000047"));
+    }
+
+    #[test]
+    fn is_matches_both_the_status_and_the_error_code() {
+        let not_found = api(404, "E0000007", &[]);
+        assert!(not_found.is(404, "E0000007"));
+        assert!(!not_found.is(404, "E0000001"));
+        assert!(!not_found.is(400, "E0000007"));
+        let bucket = OktaError::RateLimited {
+            operation: "getUser",
+            retry_after: Duration::from_secs(1),
+            request_id: None,
+        };
+        assert!(!bucket.is(429, "E0000047"), "only Okta's own answers");
+    }
+
+    #[test]
+    fn the_message_lists_okta_s_causes() {
+        let with_causes = api(400, "E0000001", &["login: taken", "email: invalid"]);
+        assert_eq!(
+            with_causes.to_string(),
+            "Okta answered 400 E0000001 to createUser: summary (login: taken; email: invalid)"
+        );
+        assert_eq!(
+            api(400, "E0000001", &[]).to_string(),
+            "Okta answered 400 E0000001 to createUser: summary"
+        );
+    }
+
+    #[test]
     fn failure_carries_okta_code_and_request_id() {
         let failure = api(403, "E0000006", &[]).to_failure();
         assert_eq!(failure.kind, ErrorKind::Okta);

@@ -354,6 +354,12 @@ mod tests {
     }
 
     #[test]
+    fn lane_names_are_the_metric_labels() {
+        assert_eq!(Lane::Work.as_str(), "work");
+        assert_eq!(Lane::Leavers.as_str(), "leavers");
+    }
+
+    #[test]
     fn only_removals_routed_by_the_input_exchange_have_twins() {
         let lanes = Lanes::new(INPUT);
         assert!(lanes.has_twin(INPUT, REMOVED));
@@ -571,6 +577,68 @@ mod tests {
             lanes.admit(Lane::Work, INPUT, "employee.added", &hire),
             Admission::Process
         );
+    }
+
+    #[test]
+    fn a_twin_recorded_again_is_forgotten_by_its_new_age_not_its_old_one() {
+        let lanes = Lanes::with_capacity(INPUT, 3);
+        let r = |n: &str| removal(n, &format!("E-{n}"), &format!("{n}@example.com"));
+        let carried_out = |event: &HrEvent| {
+            lanes.settled(Lane::Leavers, INPUT, REMOVED, event, Settlement::CarriedOut);
+        };
+        let (a, x, b, c, d) = (r("a"), r("x"), r("b"), r("c"), r("d"));
+        carried_out(&a);
+        carried_out(&x);
+        assert_eq!(
+            lanes.admit(Lane::Work, INPUT, REMOVED, &x),
+            Admission::TwinSettled
+        );
+        carried_out(&b);
+        // The leavers copy of `x` comes again (its acknowledgement was lost after the
+        // twin ran): it runs and is recorded anew, younger than `b`.
+        assert_eq!(
+            lanes.admit(Lane::Leavers, INPUT, REMOVED, &x),
+            Admission::Process
+        );
+        carried_out(&x);
+        carried_out(&c); // forgets `a`, the oldest
+        carried_out(&d); // forgets `b`: `x`'s first record is no longer its age
+        assert_eq!(lanes.remembered(), 3);
+        assert_eq!(
+            lanes.admit(Lane::Work, INPUT, REMOVED, &x),
+            Admission::TwinSettled,
+            "`x` was recorded after `b`, so it is remembered longer"
+        );
+        assert_eq!(
+            lanes.admit(Lane::Work, INPUT, REMOVED, &b),
+            Admission::Process
+        );
+    }
+
+    #[test]
+    fn over_many_twins_the_latest_are_the_ones_remembered() {
+        let lanes = Lanes::with_capacity(INPUT, 2);
+        let removals: Vec<HrEvent> = (0..10)
+            .map(|n| {
+                removal(
+                    &format!("r{n}"),
+                    &format!("E-{n}"),
+                    &format!("{n}@example.com"),
+                )
+            })
+            .collect();
+        for r in &removals {
+            lanes.settled(Lane::Leavers, INPUT, REMOVED, r, Settlement::CarriedOut);
+        }
+        assert_eq!(lanes.remembered(), 2);
+        for (n, r) in removals.iter().enumerate().rev() {
+            let expected = if n >= 8 {
+                Admission::TwinSettled
+            } else {
+                Admission::Process
+            };
+            assert_eq!(lanes.admit(Lane::Work, INPUT, REMOVED, r), expected, "r{n}");
+        }
     }
 
     #[test]

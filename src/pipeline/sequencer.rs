@@ -172,6 +172,70 @@ mod tests {
         assert_eq!(sequencer.tracked_keys(), 0, "all keys released");
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_finished_turn_does_not_release_those_behind_a_later_one() {
+        let sequencer = Sequencer::new();
+        let first = sequencer.register(keys(&["id:A"]));
+        let second = sequencer.register(keys(&["id:A"]));
+        drop(first);
+        // Registered after the first finished: it still waits for the second.
+        let mut third = sequencer.register(keys(&["id:A"]));
+        let waiter = tokio::spawn(async move {
+            third.wait().await;
+            third
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(
+            !waiter.is_finished(),
+            "the third ran while the second was still pending"
+        );
+        drop(second);
+        let _third = tokio::time::timeout(Duration::from_secs(1), waiter)
+            .await
+            .expect("the third goes once the second is done")
+            .expect("waiter task");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_delivery_under_two_pending_keys_waits_for_both_holders() {
+        let sequencer = Sequencer::new();
+        let by_id = sequencer.register(keys(&["id:A"]));
+        let by_email = sequencer.register(keys(&["email:a@x"]));
+        // The first event to carry both keys links the two deliveries before it.
+        let mut both = sequencer.register(keys(&["id:A", "email:a@x"]));
+        drop(by_id);
+        let waiter = tokio::spawn(async move {
+            both.wait().await;
+            both
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(
+            !waiter.is_finished(),
+            "it ran while the delivery under its email was pending"
+        );
+        drop(by_email);
+        let _both = tokio::time::timeout(Duration::from_secs(1), waiter)
+            .await
+            .expect("it goes once both are done")
+            .expect("waiter task");
+    }
+
+    #[test]
+    fn keys_are_tracked_while_a_delivery_is_pending_and_only_then() {
+        let sequencer = Sequencer::new();
+        let first = sequencer.register(keys(&["id:A", "email:a@x"]));
+        // Shares the email only, and inherits the id through it.
+        let second = sequencer.register(keys(&["email:a@x"]));
+        let other = sequencer.register(keys(&["id:B"]));
+        assert_eq!(sequencer.tracked_keys(), 3);
+        drop(first);
+        assert_eq!(sequencer.tracked_keys(), 3, "the second holds both A keys");
+        drop(second);
+        assert_eq!(sequencer.tracked_keys(), 1);
+        drop(other);
+        assert_eq!(sequencer.tracked_keys(), 0);
+    }
+
     #[tokio::test]
     async fn an_abandoned_turn_releases_the_next() {
         let sequencer = Sequencer::new();
