@@ -334,6 +334,7 @@ mod tests {
         assert_eq!(assertion.error_code(), None);
         let bucket = OktaError::RateLimited {
             operation: "createUser",
+            limit: LimitKind::Bucket,
             retry_after: Duration::from_secs(3),
             request_id: Some("req-6".into()),
         };
@@ -349,6 +350,7 @@ mod tests {
         assert!(!not_found.is(400, "E0000007"));
         let bucket = OktaError::RateLimited {
             operation: "getUser",
+            limit: LimitKind::Bucket,
             retry_after: Duration::from_secs(1),
             request_id: None,
         };
