@@ -6,7 +6,7 @@
 //! field that is stable for the life of an employee (an email can change with a name) and
 //! present in every hire and update, so it is the key. A removal may carry only the email
 //! (the contract allows it); it is keyed by the case-folded email then, and is ordered
-//! only with events keyed the same way (the README says so). A message with neither
+//! only with events keyed the same way (docs/scaling.md says so). A message with neither
 //! (unreadable, or missing both) is keyed by its event id or message id, so that it lands
 //! in some partition where the worker dead-letters it by the contract's validation rules,
 //! exactly as in unpartitioned mode.
