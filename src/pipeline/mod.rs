@@ -5,7 +5,9 @@
 //! settles after.
 
 pub mod circuit;
+pub mod decisions;
 pub mod deferral;
+pub mod envelope;
 pub mod guard;
 pub mod lanes;
 pub mod provisioner;
