@@ -9,8 +9,9 @@
 pub mod mapping_reload;
 
 use crate::amqp::intake::{Intake, LOCK_RETRY};
-use crate::amqp::publisher::{DeliveredMessage, Publisher, SessionLink};
+use crate::amqp::publisher::{Publisher, SessionLink};
 use crate::amqp::topology::{self, TopologyError, TopologyNames};
+use crate::amqp::{decode, settle};
 use crate::config::secret::{redact_url_password, Secret};
 use crate::config::{Partitioning, Settings};
 use crate::domain::mapping::GroupMapping;
@@ -23,7 +24,7 @@ use crate::pipeline::deferral::Deferral;
 use crate::pipeline::lanes::{Lane, Lanes};
 use crate::pipeline::provisioner::{Provisioner, SharedMapping};
 use crate::pipeline::sequencer::Sequencer;
-use crate::pipeline::worker::{Job, Worker};
+use crate::pipeline::worker::Worker;
 use crate::telemetry::metrics::{self, Metrics, MetricsRegistry};
 use backon::BackoffBuilder;
 use futures_util::StreamExt;
@@ -634,24 +635,20 @@ impl Application {
         hand_back: &CancellationToken,
         tasks: &mut JoinSet<()>,
     ) {
-        let message = DeliveredMessage {
-            exchange: delivery.exchange.to_string(),
-            routing_key: delivery.routing_key.to_string(),
-            properties: delivery.properties,
-            body: delivery.data,
-        };
-        let sequencer = &self.sequencer;
-        let job = Job::parse_bounded(
-            message,
-            delivery.acker,
+        let (inbound, decoded) = decode::decode(
+            delivery,
+            lane,
+            &self.worker.trust,
+            &self.worker.lanes,
             self.settings.max_message_bytes,
-            |keys| sequencer.register(keys),
-        )
-        .in_lane(lane);
+        );
+        let turn = self.sequencer.register(decoded.ordering_keys());
         let worker = Arc::clone(&self.worker);
         let publisher = Arc::clone(publisher);
         let hand_back = hand_back.clone();
-        tasks.spawn(async move { worker.run(job, &publisher, &hand_back).await });
+        tasks.spawn(async move {
+            settle::deliver(&worker, inbound, decoded, turn, &publisher, &hand_back).await
+        });
     }
 
     /// Partitioned mode: one session consumes every partition queue (its preferred ones

@@ -13,4 +13,5 @@ pub mod lanes;
 pub mod provisioner;
 pub mod retry;
 pub mod sequencer;
+pub mod settlement;
 pub mod worker;
