@@ -626,3 +626,530 @@ fn rate_limit_wait(error: &ProvisionError) -> Option<Duration> {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    //! The worker against the in-process fake Okta and a fake outcome sink: no broker.
+
+    use super::*;
+    use crate::config::secret::Secret;
+    use crate::domain::event::{parse_message, RawMessage};
+    use crate::domain::mapping::GroupMapping;
+    use crate::domain::outcome::Outcome;
+    use crate::domain::plan::OffboardingMode;
+    use crate::okta::groups::GroupDirectory;
+    use crate::okta::{OktaClient, OktaClientSettings};
+    use crate::okta_sim::{Fault, FaultKind, OktaSim, SimConfig, UserStatus};
+    use crate::pipeline::guard::GuardLimits;
+    use crate::pipeline::lanes::Lane;
+    use crate::pipeline::provisioner::SharedMapping;
+    use crate::pipeline::sequencer::Sequencer;
+    use crate::trust::{OwnRoutes, TrustMetrics, TrustSettings};
+    use serde_json::json;
+    use std::sync::Mutex;
+    use time::macros::time;
+
+    const INPUT: &str = "hr.events";
+
+    /// Records the progress outcomes; refuses them when told to.
+    #[derive(Default)]
+    struct FakeSink {
+        published: Mutex<Vec<Outcome>>,
+        refuse: bool,
+        /// Cancelled once a progress outcome is published: the session ends mid-retry.
+        hand_back_on_progress: Option<CancellationToken>,
+    }
+
+    impl FakeSink {
+        fn published(&self) -> Vec<Outcome> {
+            self.published.lock().expect("lock").clone()
+        }
+    }
+
+    impl OutcomeSink for FakeSink {
+        type Error = &'static str;
+
+        fn progress(
+            &self,
+            outcome: &Outcome,
+        ) -> impl std::future::Future<Output = Result<(), &'static str>> + Send {
+            let result = if self.refuse {
+                Err("not confirmed")
+            } else {
+                self.published.lock().expect("lock").push(outcome.clone());
+                Ok(())
+            };
+            if let Some(hand_back) = &self.hand_back_on_progress {
+                hand_back.cancel();
+            }
+            std::future::ready(result)
+        }
+    }
+
+    struct World {
+        sim: OktaSim,
+        worker: Worker,
+        sequencer: Sequencer,
+    }
+
+    #[derive(Default)]
+    struct Setup {
+        max_attempts: Option<u32>,
+        guard: Option<GuardLimits>,
+        trust: TrustSettings,
+        /// Transient failures in a row that open the circuit (default: never).
+        outage_threshold: Option<u32>,
+    }
+
+    async fn world(setup: Setup) -> World {
+        let sim = OktaSim::start(SimConfig::default())
+            .await
+            .expect("fake Okta starts");
+        let client = OktaClient::new(
+            reqwest::Url::parse(&sim.base_url()).expect("url"),
+            &Secret::new(sim.api_token()),
+            OktaClientSettings {
+                // Rate limits are the worker's to wait out, quickly in tests.
+                rate_limit_retries: 0,
+                max_rate_limit_wait: Duration::from_millis(20),
+                ..OktaClientSettings::default()
+            },
+        )
+        .expect("client");
+        let groups = GroupDirectory::new(client.clone(), Duration::from_secs(60));
+        let provisioner = Provisioner::new(
+            client,
+            groups,
+            SharedMapping::new(GroupMapping::from_pairs([])),
+            OffboardingMode::Deactivate,
+        );
+        let retry = RetryPolicy {
+            max_attempts: setup.max_attempts.unwrap_or(5),
+            base_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(5),
+        };
+        let worker = Worker {
+            provisioner: Arc::new(provisioner),
+            retry,
+            circuit: OktaCircuit::new(setup.outage_threshold.unwrap_or(1000)),
+            metrics: Metrics::new(),
+            deferral: Deferral::new("wq", time!(09:00), setup.guard, false),
+            lanes: Lanes::new(INPUT),
+            trust: Trust::new(
+                OwnRoutes::new(vec!["wq.retry".into()]),
+                setup.trust,
+                TrustMetrics::new(),
+            ),
+        };
+        World {
+            sim,
+            worker,
+            sequencer: Sequencer::new(),
+        }
+    }
+
+    fn hire_body(event_id: &str) -> String {
+        json!({
+            "event_id": event_id,
+            "occurred_at": "2026-11-28T09:00:00Z",
+            "employee": {"id": "E-1", "email": "ada@example.com", "first_name": "Ada", "last_name": "Lovelace"}
+        })
+        .to_string()
+    }
+
+    fn removal_body(extra: serde_json::Value) -> String {
+        let mut body = json!({
+            "event_id": "r-1",
+            "occurred_at": "2026-11-28T09:00:00Z",
+            "employee": {"id": "E-1", "email": "ada@example.com"}
+        });
+        if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+            body.extend(extra.clone());
+        }
+        body.to_string()
+    }
+
+    fn decoded(envelope: Envelope, body: &str) -> Decoded {
+        let event = parse_message(RawMessage {
+            routing_key: &envelope.routing_key,
+            content_type: None,
+            body: body.as_bytes(),
+        });
+        Decoded { envelope, event }
+    }
+
+    fn hire() -> Decoded {
+        decoded(
+            Envelope::plain(Lane::Work, INPUT, "employee.added"),
+            &hire_body("h-1"),
+        )
+    }
+
+    fn removal(lane: Lane, extra: serde_json::Value) -> Decoded {
+        let envelope = Envelope {
+            twin_routed: true,
+            ..Envelope::plain(lane, INPUT, "employee.removed")
+        };
+        decoded(envelope, &removal_body(extra))
+    }
+
+    impl World {
+        async fn run_with(&self, decoded: Decoded, sink: &FakeSink) -> Finished<&'static str> {
+            let turn = self.sequencer.register(decoded.ordering_keys());
+            self.worker
+                .run(decoded, turn, sink, &CancellationToken::new())
+                .await
+        }
+
+        async fn settle(&self, decoded: Decoded, sink: &FakeSink) -> Settlement {
+            match self.run_with(decoded, sink).await.verdict {
+                Verdict::Settle(settlement) => *settlement,
+                other => panic!("expected a settlement, got {other:?}"),
+            }
+        }
+
+        fn api_requests(&self) -> usize {
+            self.sim.request_log().len()
+        }
+
+        fn fail_next(&self, times: u32, status: u16, error_code: &str) {
+            self.sim.inject_fault(Fault {
+                method: None,
+                path_contains: None,
+                times,
+                kind: FaultKind::Status {
+                    status,
+                    error_code: error_code.into(),
+                },
+            });
+        }
+    }
+
+    fn outcome(settlement: &Settlement) -> &Outcome {
+        settlement.outcome.as_ref().expect("an outcome")
+    }
+
+    #[tokio::test]
+    async fn a_hire_is_provisioned_and_settles_with_a_succeeded_outcome() {
+        let world = world(Setup::default()).await;
+        let sink = FakeSink::default();
+        let settlement = world.settle(hire(), &sink).await;
+        assert!(settlement.copies.is_empty());
+        assert_eq!(settlement.tally, Tally::Succeeded);
+        assert!(settlement.timed);
+        assert!(settlement.twin.is_none(), "a hire has no twin");
+        let outcome = outcome(&settlement);
+        assert_eq!(outcome.status, OutcomeStatus::Succeeded);
+        assert_eq!(outcome.attempt, 1);
+        assert_eq!(outcome.source_event_id.as_deref(), Some("h-1"));
+        assert!(outcome.actions.contains(&"user.created".to_owned()));
+        assert!(sink.published().is_empty(), "nothing is published mid-way");
+        let user = world.sim.user("ada@example.com").expect("created in Okta");
+        assert_eq!(
+            user.profile.get("employeeNumber").and_then(|v| v.as_str()),
+            Some("E-1")
+        );
+    }
+
+    #[tokio::test]
+    async fn an_invalid_message_is_dead_lettered_without_calling_okta() {
+        let world = world(Setup::default()).await;
+        let sink = FakeSink::default();
+        let envelope = Envelope {
+            message_id: Some("m-1".into()),
+            ..Envelope::plain(Lane::Work, INPUT, "employee.added")
+        };
+        let settlement = world.settle(decoded(envelope, "{not json"), &sink).await;
+        let [CopyOf::DeadLetter {
+            failure, attempts, ..
+        }] = settlement.copies.as_slice()
+        else {
+            panic!("one dead-letter copy: {:?}", settlement.copies);
+        };
+        assert_eq!((failure.kind, *attempts), (ErrorKind::Validation, 1));
+        assert_eq!(settlement.tally, Tally::Failed(ErrorKind::Validation));
+        let outcome = outcome(&settlement);
+        assert_eq!(outcome.status, OutcomeStatus::Failed);
+        assert_eq!(outcome.source_event_id.as_deref(), Some("m-1"));
+        assert_eq!(world.api_requests(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_event_the_trust_rules_refuse_is_a_validation_failure() {
+        let world = world(Setup {
+            trust: TrustSettings {
+                trusted_publishers: Some(["hr".to_owned()].into()),
+                ..TrustSettings::default()
+            },
+            ..Setup::default()
+        })
+        .await;
+        let sink = FakeSink::default();
+        let settlement = world.settle(hire(), &sink).await;
+        assert_eq!(settlement.tally, Tally::Failed(ErrorKind::Validation));
+        let outcome = outcome(&settlement);
+        assert_eq!(outcome.source_event_id.as_deref(), Some("h-1"));
+        assert_eq!(outcome.employee_id.as_deref(), Some("E-1"));
+        assert!(outcome
+            .error
+            .as_ref()
+            .is_some_and(|e| e.message.contains("TRUSTED_PUBLISHERS")));
+        assert_eq!(world.api_requests(), 0);
+        // The same event from a listed publisher runs.
+        let mut trusted = hire();
+        trusted.envelope.publisher = Some("hr".into());
+        assert_eq!(world.settle(trusted, &sink).await.tally, Tally::Succeeded);
+    }
+
+    #[tokio::test]
+    async fn a_transient_failure_is_reported_retrying_then_succeeds() {
+        let world = world(Setup::default()).await;
+        world.fail_next(1, 503, "E0000009");
+        let sink = FakeSink::default();
+        let settlement = world.settle(hire(), &sink).await;
+        let progress = sink.published();
+        assert_eq!(progress.len(), 1);
+        assert_eq!(progress[0].status, OutcomeStatus::Retrying);
+        assert_eq!(progress[0].attempt, 1);
+        assert_eq!(
+            progress[0].error.as_ref().map(|e| e.kind),
+            Some(ErrorKind::Transient)
+        );
+        let outcome = outcome(&settlement);
+        assert_eq!(outcome.status, OutcomeStatus::Succeeded);
+        assert_eq!(outcome.attempt, 2);
+    }
+
+    #[tokio::test]
+    async fn the_last_transient_failure_dead_letters_with_the_attempts_made() {
+        let world = world(Setup {
+            max_attempts: Some(2),
+            ..Setup::default()
+        })
+        .await;
+        world.fail_next(100, 503, "E0000009");
+        let sink = FakeSink::default();
+        let settlement = world.settle(hire(), &sink).await;
+        assert_eq!(sink.published().len(), 1, "one retry, then the end");
+        let [CopyOf::DeadLetter {
+            failure,
+            attempts,
+            employee_id,
+        }] = settlement.copies.as_slice()
+        else {
+            panic!("one dead-letter copy: {:?}", settlement.copies);
+        };
+        assert_eq!((failure.kind, *attempts), (ErrorKind::Transient, 2));
+        assert_eq!(employee_id.as_deref(), Some("E-1"));
+        assert_eq!(settlement.tally, Tally::Failed(ErrorKind::Transient));
+        let outcome = outcome(&settlement);
+        assert_eq!(
+            (outcome.status, outcome.attempt),
+            (OutcomeStatus::Failed, 2)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_rate_limit_never_counts_an_attempt_nor_dead_letters() {
+        let world = world(Setup {
+            max_attempts: Some(1),
+            ..Setup::default()
+        })
+        .await;
+        world.fail_next(3, 429, "E0000047");
+        let sink = FakeSink::default();
+        let settlement = world.settle(hire(), &sink).await;
+        let progress = sink.published();
+        assert_eq!(progress.len(), 3);
+        for retrying in &progress {
+            assert_eq!(retrying.status, OutcomeStatus::Retrying);
+            assert_eq!(retrying.attempt, 1);
+            assert_eq!(
+                retrying.error.as_ref().map(|e| e.kind),
+                Some(ErrorKind::RateLimited)
+            );
+        }
+        let outcome = outcome(&settlement);
+        assert_eq!(
+            (outcome.status, outcome.attempt),
+            (OutcomeStatus::Succeeded, 1)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_future_removal_is_parked_and_announced_without_calling_okta() {
+        let world = world(Setup::default()).await;
+        let sink = FakeSink::default();
+        let future = removal(Lane::Work, json!({"effective_at": "2999-01-01T00:00:00Z"}));
+        let settlement = world.settle(future, &sink).await;
+        let [CopyOf::Parked {
+            schedule,
+            recheck_until: None,
+        }] = settlement.copies.as_slice()
+        else {
+            panic!("one parked copy: {:?}", settlement.copies);
+        };
+        assert_eq!(schedule.kind, ScheduledKind::Removal);
+        let outcome = outcome(&settlement);
+        assert_eq!(outcome.status, OutcomeStatus::Succeeded);
+        assert_eq!(
+            outcome.actions,
+            vec!["removal.scheduled:2999-01-01T00:00:00Z".to_owned()]
+        );
+        assert_eq!(settlement.tally, Tally::Nothing);
+        assert!(matches!(
+            settlement.twin,
+            Some((_, lanes::Settlement::Other))
+        ));
+        assert_eq!(world.api_requests(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_removal_over_the_guard_is_held_and_a_released_one_runs() {
+        let world = world(Setup {
+            guard: Some(GuardLimits {
+                max: 0,
+                window: Duration::from_secs(60),
+            }),
+            ..Setup::default()
+        })
+        .await;
+        let user = world.sim.create_user(
+            json!({"login": "ada@example.com", "email": "ada@example.com", "employeeNumber": "E-1", "firstName": "Ada", "lastName": "Lovelace"}),
+            UserStatus::Active,
+        );
+        let sink = FakeSink::default();
+        let settlement = world.settle(removal(Lane::Work, json!({})), &sink).await;
+        let [CopyOf::Held {
+            event_id,
+            employee_id,
+            limits,
+            ..
+        }] = settlement.copies.as_slice()
+        else {
+            panic!("one held copy: {:?}", settlement.copies);
+        };
+        assert_eq!(event_id, "r-1");
+        assert_eq!(employee_id.as_deref(), Some("E-1"));
+        assert_eq!(limits.max, 0);
+        let outcome = outcome(&settlement);
+        assert_eq!(outcome.status, OutcomeStatus::Held);
+        assert_eq!(outcome.actions, vec!["removal.held".to_owned()]);
+        assert_eq!(world.api_requests(), 0);
+        assert_eq!(
+            world.sim.user(&user).map(|u| u.status),
+            Some(UserStatus::Active)
+        );
+
+        let mut released = removal(Lane::Work, json!({}));
+        released.envelope.guard_bypass = true;
+        released.envelope.twin_routed = false;
+        let settlement = world.settle(released, &sink).await;
+        assert_eq!(settlement.tally, Tally::Succeeded);
+        assert_eq!(
+            world.sim.user(&user).map(|u| u.status),
+            Some(UserStatus::Deprovisioned)
+        );
+    }
+
+    #[tokio::test]
+    async fn the_later_twin_of_a_settled_removal_is_skipped() {
+        let world = world(Setup::default()).await;
+        let sink = FakeSink::default();
+        let first = removal(Lane::Leavers, json!({}));
+        let envelope = first.envelope.clone();
+        let settlement = world.settle(first, &sink).await;
+        assert!(settlement.outcome.is_some());
+        // What the settle step does once the outcome is confirmed.
+        let Some((event, settled)) = settlement.twin else {
+            panic!("a twin-routed removal is remembered");
+        };
+        world.worker.lanes.settled(
+            envelope.lane,
+            &envelope.exchange,
+            &envelope.routing_key,
+            &event,
+            settled,
+        );
+        let requests = world.api_requests();
+        let skipped = world.settle(removal(Lane::Work, json!({})), &sink).await;
+        assert!(skipped.outcome.is_none() && skipped.copies.is_empty());
+        assert!(!skipped.timed);
+        assert_eq!(world.api_requests(), requests, "no Okta call for the twin");
+    }
+
+    #[tokio::test]
+    async fn the_leavers_copy_of_an_invalid_removal_is_left_to_the_work_lane() {
+        let world = world(Setup::default()).await;
+        let sink = FakeSink::default();
+        let envelope = Envelope {
+            twin_routed: true,
+            ..Envelope::plain(Lane::Leavers, INPUT, "employee.removed")
+        };
+        let skipped = world.settle(decoded(envelope.clone(), "{}"), &sink).await;
+        assert!(skipped.outcome.is_none() && skipped.copies.is_empty());
+        let work = Envelope {
+            lane: Lane::Work,
+            ..envelope
+        };
+        let reported = world.settle(decoded(work, "{}"), &sink).await;
+        assert_eq!(reported.tally, Tally::Failed(ErrorKind::Validation));
+    }
+
+    #[tokio::test]
+    async fn a_delivery_handed_back_before_its_turn_is_left_unsettled() {
+        let world = world(Setup::default()).await;
+        let sink = FakeSink::default();
+        let hand_back = CancellationToken::new();
+        hand_back.cancel();
+        let decoded = hire();
+        let turn = world.sequencer.register(decoded.ordering_keys());
+        let finished = world.worker.run(decoded, turn, &sink, &hand_back).await;
+        assert!(matches!(finished.verdict, Verdict::NotStarted));
+        assert_eq!(world.api_requests(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_unconfirmed_progress_outcome_ends_the_delivery_unsettled() {
+        let world = world(Setup::default()).await;
+        world.fail_next(1, 503, "E0000009");
+        let sink = FakeSink {
+            refuse: true,
+            ..FakeSink::default()
+        };
+        let finished = world.run_with(hire(), &sink).await;
+        assert!(matches!(
+            finished.verdict,
+            Verdict::Unconfirmed("not confirmed")
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_delivery_handed_back_while_it_waits_for_okta_is_left_unsettled() {
+        // The first failure opens the circuit: the delivery waits for Okta, which
+        // nothing here brings back.
+        let world = world(Setup {
+            outage_threshold: Some(1),
+            ..Setup::default()
+        })
+        .await;
+        world.fail_next(1, 503, "E0000009");
+        let hand_back = CancellationToken::new();
+        let sink = FakeSink {
+            hand_back_on_progress: Some(hand_back.clone()),
+            ..FakeSink::default()
+        };
+        let decoded = hire();
+        let turn = world.sequencer.register(decoded.ordering_keys());
+        let finished = world.worker.run(decoded, turn, &sink, &hand_back).await;
+        assert!(matches!(finished.verdict, Verdict::HandedBack));
+        assert_eq!(
+            sink.published().len(),
+            1,
+            "its retrying outcome was published"
+        );
+        assert!(
+            world.sim.user("ada@example.com").is_none(),
+            "no second attempt"
+        );
+    }
+}
