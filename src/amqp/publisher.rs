@@ -302,7 +302,7 @@ impl Publisher {
             );
         }
         // No `user_id` (refused from this connection's user) and no `expiration` (a
-        // dead letter waits for an operator, not a publisher's TTL): `crate::trust`.
+        // dead letter waits for an operator, not a publisher's TTL): `headers::clean_properties`.
         let mut properties =
             headers::clean_properties(&message.properties).with_headers(headers_out);
         // A failure waiting for an operator must survive a broker restart.

@@ -233,7 +233,11 @@ impl Worker {
         };
         let mut purpose = Purpose::Now;
         let mut attempt = 1u32;
+        // The last attempt's failure: set whenever the decisions answer after one, which
+        // is the only time they say retry, wait or dead-letter.
         let mut failure: Option<Failure> = None;
+        // Each turn of the loop carries out one disposition; only provisioning leads to
+        // another one (after a failure), and only a wait leads back to provisioning.
         loop {
             next = match next {
                 Disposition::Skip(_) => return Verdict::settle(Settlement::skip()),
