@@ -22,6 +22,9 @@
 //! `x-queue-type` also keeps a vhost's default type from choosing for us). The classic
 //! queues of earlier versions (`<work queue>.delay.<bucket>`, `<work queue>.held`) are
 //! drained into these by `super::migration`; docs/upgrade-queues.md.
+//!
+//! This module names the objects and builds the copies; `super::topology` declares the
+//! objects, and `super::settle` publishes the copies.
 
 use super::headers;
 use super::publisher::{DeliveredMessage, PublishError, Publisher};

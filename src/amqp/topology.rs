@@ -3,6 +3,10 @@
 //! A declaration never deletes anything: when an object exists with other arguments the
 //! broker refuses (`PRECONDITION_FAILED`), and start-up stops with a message naming the
 //! object and the broker's description of the differing argument.
+//!
+//! The waiting rooms of `super::parking` (delay and hold queues, the retry exchange) are
+//! declared here too, from the names `parking` gives them, so that the declaration
+//! depends on the names and never the other way round.
 
 use super::parking::{ParkingNames, HOLD_DELIVERY_LIMIT};
 use crate::domain::schedule::{DelayBucket, BUCKETS, DELAY_BUCKET};
