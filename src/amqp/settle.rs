@@ -51,8 +51,8 @@ impl OutcomeSink for Progress<'_> {
 /// What settling needs besides the delivery.
 pub struct Settler<'a> {
     pub publisher: &'a Publisher,
-    /// The waiting rooms parked and held copies go to.
-    pub names: ParkingNames,
+    /// The work queue whose waiting rooms parked and held copies go to.
+    pub work_queue: &'a str,
     pub lanes: &'a Lanes,
     pub metrics: &'a Metrics,
 }
@@ -77,7 +77,7 @@ pub async fn deliver(
         let finished = worker.run(decoded, turn, &sink, hand_back).await;
         let settler = Settler {
             publisher,
-            names: ParkingNames::for_work_queue(worker.deferral.work_queue()),
+            work_queue: worker.deferral.work_queue(),
             lanes: &worker.lanes,
             metrics: &worker.metrics,
         };
@@ -198,7 +198,8 @@ async fn publish_copy(
     message: &DeliveredMessage,
     copy: &CopyOf,
 ) -> Result<(), PublishError> {
-    let names = &settler.names;
+    // Named only for a delivery that has copies to park or hold.
+    let names = &ParkingNames::for_work_queue(settler.work_queue);
     match copy {
         CopyOf::DeadLetter {
             failure,
