@@ -177,7 +177,7 @@ impl Intake {
                             if matches!(key, HashKey::Email(_)) { "email" } else { "event id" }
                         );
                     }
-                    let admitted = self.trust.admit(delivery.exchange.as_str(), &delivery.properties);
+                    let admitted = super::decode::admit_from(&self.trust, delivery.exchange.as_str(), &delivery.properties);
                     let mut table = admitted.headers().clone().unwrap_or_default();
                     headers::set_str(&mut table, PARTITION_KEY_HEADER, &key.header_value());
                     if headers::get_str(Some(&table), ORIGINAL_EXCHANGE).is_none() {

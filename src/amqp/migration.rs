@@ -17,9 +17,9 @@
 //! agrees it is empty and unused (`if-empty`, `if-unused`); otherwise it stays, and the
 //! next start-up moves what arrived meanwhile (docs/upgrade-queues.md).
 
-use super::parking::{delay_binding, ParkingNames};
+use super::parking::ParkingNames;
 use super::publisher::{PublishError, Publisher};
-use super::topology::{TopologyError, TopologyNames};
+use super::topology::{delay_binding, TopologyError, TopologyNames};
 use crate::domain::schedule::BUCKETS;
 use crate::telemetry::metrics::PublishedMessage;
 use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions, QueueDeleteOptions};

@@ -1,13 +1,17 @@
-//! The RabbitMQ adapter: topology, reading deliveries, publishing outcomes and
-//! dead-letter copies with publisher confirms, and partitioned mode's intake. Only this
-//! module knows AMQP types.
+//! The RabbitMQ adapter: topology, decoding deliveries (`decode`), settling them
+//! (`settle`: outcomes and copies published with confirms, then the acknowledgement),
+//! and partitioned mode's intake. Only this module knows AMQP types; it hands the
+//! pipeline plain ones (`crate::pipeline::envelope`) and carries out what the pipeline
+//! returns (`crate::pipeline::settlement`).
 
 pub mod dead_letter_watch;
+pub mod decode;
 pub mod headers;
 pub mod intake;
 pub mod migration;
 pub mod parking;
 pub mod publisher;
+pub mod settle;
 pub mod topology;
 pub mod trace;
 

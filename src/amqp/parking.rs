@@ -22,27 +22,28 @@
 //! `x-queue-type` also keeps a vhost's default type from choosing for us). The classic
 //! queues of earlier versions (`<work queue>.delay.<bucket>`, `<work queue>.held`) are
 //! drained into these by `super::migration`; docs/upgrade-queues.md.
+//!
+//! This module names the objects and builds the copies; `super::topology` declares the
+//! objects, and `super::settle` publishes the copies.
 
 use super::headers;
 use super::publisher::{DeliveredMessage, PublishError, Publisher};
-use super::topology::TopologyError;
 use crate::domain::outcome::format_timestamp;
 use crate::domain::schedule::{
     DelayBucket, Scheduled, ScheduledKind, BUCKETS, DELAY_BUCKET, RECHECK_UNTIL, SCHEDULED_FOR,
     SCHEDULED_KIND,
 };
 use crate::telemetry::metrics::PublishedMessage;
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, ExchangeKind};
+use lapin::BasicProperties;
 use std::collections::BTreeMap;
 use time::OffsetDateTime;
 
 /// Header on a held message: when the guard held it (RFC 3339).
 pub const HELD_AT: &str = "x-held-at";
 /// Header set by `held release`: the removal was approved by an operator and bypasses
-/// the offboarding guard.
-pub const GUARD_BYPASS: &str = "x-offboarding-guard-bypass";
+/// the offboarding guard (one of `crate::trust`'s own-route headers).
+pub use crate::trust::GUARD_BYPASS;
 /// Header on held and released messages: the event type, since the hold queue is
 /// reached through the default exchange under the queue's name.
 pub const ORIGINAL_ROUTING_KEY: &str = "x-original-routing-key";
@@ -124,154 +125,6 @@ impl ParkingNames {
     }
 }
 
-/// The arguments every quorum waiting-room queue shares: an explicit type, and
-/// at-least-once dead-lettering to `dead_letter_exchange`, which needs `reject-publish`.
-fn at_least_once_arguments(dead_letter_exchange: &str) -> FieldTable {
-    let mut arguments = FieldTable::default();
-    arguments.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString("quorum".into()),
-    );
-    arguments.insert(
-        "x-dead-letter-exchange".into(),
-        AMQPValue::LongString(dead_letter_exchange.into()),
-    );
-    arguments.insert(
-        "x-dead-letter-strategy".into(),
-        AMQPValue::LongString("at-least-once".into()),
-    );
-    arguments.insert(
-        "x-overflow".into(),
-        AMQPValue::LongString("reject-publish".into()),
-    );
-    arguments
-}
-
-/// The arguments of the queue of `bucket`.
-pub fn delay_queue_arguments(names: &ParkingNames, bucket: &DelayBucket) -> FieldTable {
-    let mut arguments = at_least_once_arguments(&names.retry_exchange);
-    // A queue TTL expires messages in order, head first (quorum queues since 3.10).
-    arguments.insert(
-        "x-message-ttl".into(),
-        AMQPValue::LongLongInt(i64::try_from(bucket.ttl.as_millis()).unwrap_or(i64::MAX)),
-    );
-    arguments
-}
-
-/// The arguments of the hold queue: a held removal the broker ever dead-letters (past
-/// [`HOLD_DELIVERY_LIMIT`]) goes to the contract's dead-letter exchange, never nowhere.
-pub fn hold_queue_arguments(dead_letter_exchange: &str) -> FieldTable {
-    let mut arguments = at_least_once_arguments(dead_letter_exchange);
-    arguments.insert(
-        "x-delivery-limit".into(),
-        AMQPValue::LongLongInt(HOLD_DELIVERY_LIMIT),
-    );
-    arguments
-}
-
-fn declare_error(object: &'static str, name: &str) -> impl FnOnce(lapin::Error) -> TopologyError {
-    let name = name.to_owned();
-    move |source| TopologyError::Refused {
-        object,
-        name,
-        source,
-    }
-}
-
-/// Declares the waiting-room objects of `work_queue` (which must exist); idempotent.
-/// `dead_letter_exchange` receives what the broker dead-letters from the hold queue.
-///
-/// # Errors
-/// [`TopologyError`] for the first object the broker refused.
-pub async fn declare(
-    channel: &Channel,
-    work_queue: &str,
-    dead_letter_exchange: &str,
-) -> Result<(), TopologyError> {
-    let names = ParkingNames::for_work_queue(work_queue);
-    let durable = ExchangeDeclareOptions {
-        durable: true,
-        ..ExchangeDeclareOptions::default()
-    };
-    channel
-        .exchange_declare(
-            names.retry_exchange.as_str().into(),
-            ExchangeKind::Topic,
-            durable,
-            FieldTable::default(),
-        )
-        .await
-        .map_err(declare_error("exchange", &names.retry_exchange))?;
-    channel
-        .exchange_declare(
-            names.delay_exchange.as_str().into(),
-            ExchangeKind::Headers,
-            durable,
-            FieldTable::default(),
-        )
-        .await
-        .map_err(declare_error("exchange", &names.delay_exchange))?;
-    channel
-        .queue_bind(
-            work_queue.into(),
-            names.retry_exchange.as_str().into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(declare_error(
-            "binding of the work queue to",
-            &names.retry_exchange,
-        ))?;
-
-    let durable_queue = QueueDeclareOptions {
-        durable: true,
-        ..QueueDeclareOptions::default()
-    };
-    for bucket in &BUCKETS {
-        let queue = names.delay_queue(bucket);
-        channel
-            .queue_declare(
-                queue.as_str().into(),
-                durable_queue,
-                delay_queue_arguments(&names, bucket),
-            )
-            .await
-            .map_err(declare_error("queue", &queue))?;
-        channel
-            .queue_bind(
-                queue.as_str().into(),
-                names.delay_exchange.as_str().into(),
-                "".into(),
-                QueueBindOptions::default(),
-                delay_binding(bucket),
-            )
-            .await
-            .map_err(declare_error("binding of delay queue", &queue))?;
-    }
-    channel
-        .queue_declare(
-            names.held_queue.as_str().into(),
-            durable_queue,
-            hold_queue_arguments(dead_letter_exchange),
-        )
-        .await
-        .map_err(declare_error("queue", &names.held_queue))?;
-    Ok(())
-}
-
-/// The binding arguments of a bucket's queue on the delay exchange.
-pub fn delay_binding(bucket: &DelayBucket) -> FieldTable {
-    let mut binding = FieldTable::default();
-    binding.insert("x-match".into(), AMQPValue::LongString("all".into()));
-    binding.insert(
-        DELAY_BUCKET.into(),
-        AMQPValue::LongString(bucket.name.into()),
-    );
-    binding
-}
-
 /// The headers of `message` without the broker's dead-lettering records.
 fn carried_headers(properties: &BasicProperties) -> BTreeMap<ShortString, AMQPValue> {
     let mut table: BTreeMap<ShortString, AMQPValue> = properties
@@ -292,24 +145,6 @@ fn durable_copy(properties: &BasicProperties, headers: FieldTable) -> BasicPrope
     headers::clean_properties(properties)
         .with_headers(headers)
         .with_delivery_mode(2)
-}
-
-/// The schedule a delivered message carries, if it was parked before and its headers
-/// are readable.
-pub fn scheduled_of(message: &DeliveredMessage) -> Option<Scheduled> {
-    let table = message.properties.headers().as_ref();
-    let kind = ScheduledKind::parse(headers::get_str(table, SCHEDULED_KIND)?)?;
-    let due = OffsetDateTime::parse(
-        headers::get_str(table, SCHEDULED_FOR)?,
-        &time::format_description::well_known::Rfc3339,
-    )
-    .ok()?;
-    Some(Scheduled { kind, due })
-}
-
-/// Whether an operator released this message from the hold queue.
-pub fn bypasses_guard(message: &DeliveredMessage) -> bool {
-    headers::get_str(message.properties.headers().as_ref(), GUARD_BYPASS).is_some()
 }
 
 /// A message ready to publish: (exchange, routing key, body, properties).
@@ -362,12 +197,6 @@ pub fn recheck_copy(
     headers::set_str(&mut table, RECHECK_UNTIL, &format_timestamp(until));
     out.properties = out.properties.with_headers(table);
     out
-}
-
-/// Until when a parked re-check of a removal is checked again, if it says.
-pub fn recheck_until_of(message: &DeliveredMessage) -> Option<OffsetDateTime> {
-    let value = headers::get_str(message.properties.headers().as_ref(), RECHECK_UNTIL)?;
-    OffsetDateTime::parse(value, &time::format_description::well_known::Rfc3339).ok()
 }
 
 /// The copy of a removal held by the guard, for the hold queue (through the default
@@ -442,7 +271,16 @@ impl Outgoing {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::amqp::decode::envelope_of;
+    use crate::pipeline::envelope::Envelope;
+    use crate::pipeline::lanes::Lane;
     use time::macros::datetime;
+
+    /// What the service reads back from a copy when it is delivered through its own
+    /// routes.
+    fn read_back(properties: &BasicProperties) -> Envelope {
+        envelope_of(Lane::Work, "q.retry", "employee.removed", properties)
+    }
 
     fn delivered() -> DeliveredMessage {
         let mut table = FieldTable::default();
@@ -491,11 +329,7 @@ mod tests {
             Some("ev-1")
         );
         assert_eq!(out.properties.delivery_mode(), &Some(2));
-        let message = DeliveredMessage {
-            properties: out.properties,
-            ..delivered()
-        };
-        assert_eq!(scheduled_of(&message), Some(schedule));
+        assert_eq!(read_back(&out.properties).scheduled, Some(schedule));
     }
 
     #[test]
@@ -506,19 +340,16 @@ mod tests {
         let out = recheck_copy(&names, &delivered(), due, until, BUCKETS[3]);
         assert_eq!(out.exchange, "q.delay");
         assert_eq!(out.routing_key, "employee.removed");
-        let message = DeliveredMessage {
-            properties: out.properties,
-            ..delivered()
-        };
+        let back = read_back(&out.properties);
         assert_eq!(
-            scheduled_of(&message),
+            back.scheduled,
             Some(Scheduled {
                 kind: ScheduledKind::RemovalRecheck,
                 due
             })
         );
-        assert_eq!(recheck_until_of(&message), Some(until));
-        assert_eq!(recheck_until_of(&delivered()), None);
+        assert_eq!(back.recheck_until, Some(until));
+        assert_eq!(read_back(&delivered().properties).recheck_until, None);
     }
 
     #[test]
@@ -541,12 +372,8 @@ mod tests {
         let released = released_copy(&names, "employee.removed", &held.body, &held.properties);
         assert_eq!(released.exchange, "q.retry");
         assert_eq!(released.routing_key, "employee.removed");
-        let message = DeliveredMessage {
-            properties: released.properties.clone(),
-            ..delivered()
-        };
-        assert!(bypasses_guard(&message));
-        assert!(!bypasses_guard(&delivered()));
+        assert!(read_back(&released.properties).guard_bypass);
+        assert!(!read_back(&delivered().properties).guard_bypass);
         assert_eq!(
             headers::get_str(released.properties.headers().as_ref(), HELD_AT),
             None

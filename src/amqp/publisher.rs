@@ -302,9 +302,9 @@ impl Publisher {
             );
         }
         // No `user_id` (refused from this connection's user) and no `expiration` (a
-        // dead letter waits for an operator, not a publisher's TTL): `crate::trust`.
+        // dead letter waits for an operator, not a publisher's TTL): `headers::clean_properties`.
         let mut properties =
-            crate::trust::clean_properties(&message.properties).with_headers(headers_out);
+            headers::clean_properties(&message.properties).with_headers(headers_out);
         // A failure waiting for an operator must survive a broker restart.
         if properties.delivery_mode() != &Some(2) {
             properties = properties.with_delivery_mode(2);

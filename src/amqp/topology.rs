@@ -3,7 +3,14 @@
 //! A declaration never deletes anything: when an object exists with other arguments the
 //! broker refuses (`PRECONDITION_FAILED`), and start-up stops with a message naming the
 //! object and the broker's description of the differing argument.
+//!
+//! The waiting rooms of `super::parking` (delay and hold queues, the retry exchange) are
+//! declared here too, from the names `parking` gives them, so that the declaration
+//! depends on the names and never the other way round.
 
+use super::parking::{ParkingNames, HOLD_DELIVERY_LIMIT};
+use crate::domain::schedule::{DelayBucket, BUCKETS, DELAY_BUCKET};
+use crate::trust::OwnRoutes;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, ExchangeKind};
@@ -286,7 +293,7 @@ pub async fn declare(channel: &Channel, names: &TopologyNames) -> Result<(), Top
     )
     .await?;
     // Delay queues, the hold queue and the way back into the work queue.
-    super::parking::declare(channel, &names.work_queue, &names.dead_letter_exchange).await?;
+    declare_waiting_rooms(channel, &names.work_queue, &names.dead_letter_exchange).await?;
     Ok(())
 }
 
@@ -408,9 +415,190 @@ pub async fn declare_partitions_of_type(
     Ok(())
 }
 
+/// The arguments every quorum waiting-room queue shares: an explicit type, and
+/// at-least-once dead-lettering to `dead_letter_exchange`, which needs `reject-publish`.
+fn at_least_once_arguments(dead_letter_exchange: &str) -> FieldTable {
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    arguments.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(dead_letter_exchange.into()),
+    );
+    arguments.insert(
+        "x-dead-letter-strategy".into(),
+        AMQPValue::LongString("at-least-once".into()),
+    );
+    arguments.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+    arguments
+}
+
+/// The arguments of the queue of `bucket`.
+pub fn delay_queue_arguments(names: &ParkingNames, bucket: &DelayBucket) -> FieldTable {
+    let mut arguments = at_least_once_arguments(&names.retry_exchange);
+    // A queue TTL expires messages in order, head first (quorum queues since 3.10).
+    arguments.insert(
+        "x-message-ttl".into(),
+        AMQPValue::LongLongInt(i64::try_from(bucket.ttl.as_millis()).unwrap_or(i64::MAX)),
+    );
+    arguments
+}
+
+/// The arguments of the hold queue: a held removal the broker ever dead-letters (past
+/// [`HOLD_DELIVERY_LIMIT`]) goes to the contract's dead-letter exchange, never nowhere.
+pub fn hold_queue_arguments(dead_letter_exchange: &str) -> FieldTable {
+    let mut arguments = at_least_once_arguments(dead_letter_exchange);
+    arguments.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongLongInt(HOLD_DELIVERY_LIMIT),
+    );
+    arguments
+}
+
+fn declare_error(object: &'static str, name: &str) -> impl FnOnce(lapin::Error) -> TopologyError {
+    let name = name.to_owned();
+    move |source| TopologyError::Refused {
+        object,
+        name,
+        source,
+    }
+}
+
+/// Declares the waiting-room objects of `work_queue` (`super::parking`) (which must exist); idempotent.
+/// `dead_letter_exchange` receives what the broker dead-letters from the hold queue.
+///
+/// # Errors
+/// [`TopologyError`] for the first object the broker refused.
+pub async fn declare_waiting_rooms(
+    channel: &Channel,
+    work_queue: &str,
+    dead_letter_exchange: &str,
+) -> Result<(), TopologyError> {
+    let names = ParkingNames::for_work_queue(work_queue);
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    channel
+        .exchange_declare(
+            names.retry_exchange.as_str().into(),
+            ExchangeKind::Topic,
+            durable,
+            FieldTable::default(),
+        )
+        .await
+        .map_err(declare_error("exchange", &names.retry_exchange))?;
+    channel
+        .exchange_declare(
+            names.delay_exchange.as_str().into(),
+            ExchangeKind::Headers,
+            durable,
+            FieldTable::default(),
+        )
+        .await
+        .map_err(declare_error("exchange", &names.delay_exchange))?;
+    channel
+        .queue_bind(
+            work_queue.into(),
+            names.retry_exchange.as_str().into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(declare_error(
+            "binding of the work queue to",
+            &names.retry_exchange,
+        ))?;
+
+    let durable_queue = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    for bucket in &BUCKETS {
+        let queue = names.delay_queue(bucket);
+        channel
+            .queue_declare(
+                queue.as_str().into(),
+                durable_queue,
+                delay_queue_arguments(&names, bucket),
+            )
+            .await
+            .map_err(declare_error("queue", &queue))?;
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                names.delay_exchange.as_str().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                delay_binding(bucket),
+            )
+            .await
+            .map_err(declare_error("binding of delay queue", &queue))?;
+    }
+    channel
+        .queue_declare(
+            names.held_queue.as_str().into(),
+            durable_queue,
+            hold_queue_arguments(dead_letter_exchange),
+        )
+        .await
+        .map_err(declare_error("queue", &names.held_queue))?;
+    Ok(())
+}
+
+/// The binding arguments of a bucket's queue on the delay exchange.
+pub fn delay_binding(bucket: &DelayBucket) -> FieldTable {
+    let mut binding = FieldTable::default();
+    binding.insert("x-match".into(), AMQPValue::LongString("all".into()));
+    binding.insert(
+        DELAY_BUCKET.into(),
+        AMQPValue::LongString(bucket.name.into()),
+    );
+    binding
+}
+
+/// The service's own exchanges for the trust rules: `<wq>.retry`, `<wq>.delay`,
+/// `<wq>.replay` and `<wq>.partitions`.
+impl From<&TopologyNames> for OwnRoutes {
+    fn from(topology: &TopologyNames) -> Self {
+        let work_queue = &topology.work_queue;
+        OwnRoutes::new(vec![
+            format!("{work_queue}.retry"),
+            format!("{work_queue}.delay"),
+            topology.replay_exchange(),
+            topology.partitions_exchange(),
+        ])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn own_routes_are_the_service_exchanges_and_never_the_input_or_default() {
+        let topology = TopologyNames::prefixed("t.");
+        let own = OwnRoutes::from(&topology);
+        let wq = &topology.work_queue;
+        for exchange in [
+            format!("{wq}.retry"),
+            format!("{wq}.delay"),
+            format!("{wq}.replay"),
+            format!("{wq}.partitions"),
+        ] {
+            assert!(own.contains(&exchange), "{exchange}");
+        }
+        assert!(!own.contains(&topology.input_exchange));
+        assert!(!own.contains(""));
+        assert!(!own.contains(&topology.dead_letter_exchange));
+        assert!(!own.contains(&format!("{wq}.retry.evil")));
+    }
 
     #[test]
     fn the_replay_exchange_carries_the_work_queues_name() {

@@ -13,8 +13,8 @@
 //! trace headers of its input unchanged, and the service is transparent to tracing.
 
 use super::headers;
-use super::publisher::DeliveredMessage;
 use crate::domain::event::printable;
+use crate::pipeline::envelope::Envelope;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::BasicProperties;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
@@ -58,10 +58,23 @@ pub fn extract_parent(headers: Option<&FieldTable>) -> Context {
     TraceContextPropagator::new().extract_with_context(&Context::new(), &HeaderExtractor(headers))
 }
 
-/// The CONSUMER span of one delivery, child of the context in its headers. Its
+/// Reads the W3C headers from a decoded envelope's trace context.
+struct EnvelopeExtractor<'a>(&'a Envelope);
+
+impl Extractor for EnvelopeExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.trace_context.get(key).map(String::as_str)
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.trace_context.keys().map(String::as_str).collect()
+    }
+}
+
+/// The CONSUMER span of one delivery, child of the context its headers carried. Its
 /// `event_id` and `event_type` fields also label every log line written inside it.
-pub fn consumer_span(message: &DeliveredMessage, event_id: Option<&str>) -> tracing::Span {
-    let event_type = crate::telemetry::metrics::event_type_label(&message.routing_key);
+pub fn consumer_span(envelope: &Envelope, event_id: Option<&str>) -> tracing::Span {
+    let event_type = crate::telemetry::metrics::event_type_label(&envelope.routing_key);
     let span = tracing::info_span!(
         "process",
         otel.kind = "consumer",
@@ -71,17 +84,19 @@ pub fn consumer_span(message: &DeliveredMessage, event_id: Option<&str>) -> trac
         otel.status_code = Empty,
     );
     // The parent must be set before the span is first entered.
-    let _ = span.set_parent(extract_parent(message.properties.headers().as_ref()));
+    let parent = TraceContextPropagator::new()
+        .extract_with_context(&Context::new(), &EnvelopeExtractor(envelope));
+    let _ = span.set_parent(parent);
     span.set_attribute("messaging.system", "rabbitmq");
     span.set_attribute("messaging.operation.type", "process");
     span.set_attribute("messaging.operation.name", "process");
-    span.set_attribute("messaging.destination.name", printable(&message.exchange));
+    span.set_attribute("messaging.destination.name", printable(&envelope.exchange));
     span.set_attribute(
         "messaging.rabbitmq.destination.routing_key",
-        printable(&message.routing_key),
+        printable(&envelope.routing_key),
     );
-    if let Some(id) = message.properties.message_id() {
-        span.set_attribute("messaging.message.id", printable(id.as_str()));
+    if let Some(id) = &envelope.message_id {
+        span.set_attribute("messaging.message.id", printable(id));
     }
     span.set_attribute("event.type", event_type);
     span

@@ -8,13 +8,13 @@
 
 use super::{patient_backoff, Application, StartupError};
 use crate::amqp::intake::{Intake, LOCK_RETRY};
-use crate::amqp::publisher::{DeliveredMessage, Publisher, SessionLink};
+use crate::amqp::publisher::{Publisher, SessionLink};
 use crate::amqp::topology::{self, TopologyNames};
+use crate::amqp::{decode, settle};
 use crate::config::{Partitioning, Settings};
 use crate::domain::partition::preferred_partitions;
 use crate::http::Health;
 use crate::pipeline::lanes::Lane;
-use crate::pipeline::worker::Job;
 use crate::secret::{redact_url_password, Secret};
 use futures_util::stream::{BoxStream, SelectAll};
 use futures_util::StreamExt;
@@ -467,24 +467,20 @@ impl Application {
         hand_back: &CancellationToken,
         tasks: &mut JoinSet<()>,
     ) {
-        let message = DeliveredMessage {
-            exchange: delivery.exchange.to_string(),
-            routing_key: delivery.routing_key.to_string(),
-            properties: delivery.properties,
-            body: delivery.data,
-        };
-        let sequencer = &self.sequencer;
-        let job = Job::parse_bounded(
-            message,
-            delivery.acker,
+        let (inbound, decoded) = decode::decode(
+            delivery,
+            lane,
+            &self.worker.trust,
+            &self.worker.lanes,
             self.settings.amqp.max_message_bytes,
-            |keys| sequencer.register(keys),
-        )
-        .in_lane(lane);
+        );
+        let turn = self.sequencer.register(decoded.ordering_keys());
         let worker = Arc::clone(&self.worker);
         let publisher = Arc::clone(publisher);
         let hand_back = hand_back.clone();
-        tasks.spawn(async move { worker.run(job, &publisher, &hand_back).await });
+        tasks.spawn(async move {
+            settle::deliver(&worker, inbound, decoded, turn, &publisher, &hand_back).await
+        });
     }
 
     /// Says why a reconnection failed. A declaration the broker refuses (an object that

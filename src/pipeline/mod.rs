@@ -5,10 +5,13 @@
 //! settles after.
 
 pub mod circuit;
+pub mod decisions;
 pub mod deferral;
+pub mod envelope;
 pub mod guard;
 pub mod lanes;
 pub mod provisioner;
 pub mod retry;
 pub mod sequencer;
+pub mod settlement;
 pub mod worker;

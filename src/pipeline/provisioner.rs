@@ -52,7 +52,7 @@ impl SharedMapping {
 pub struct DeliveryFacts {
     /// `x-replay-count` of a message replayed from the dead-letter queue; 0 otherwise.
     pub replay_count: u32,
-    /// Why the event runs now (see `deferral.rs`).
+    /// Why the event runs now (see `super::decisions::schedule`).
     pub purpose: Purpose,
     /// A hire published before a removal of the same employee that has already been
     /// carried out (the leavers lane overtook it, see `crate::pipeline::lanes`): the account must
@@ -80,8 +80,8 @@ pub struct Report {
     pub actions: Vec<Action>,
     pub unmapped_groups: Vec<String>,
     /// A removal by employee id alone (no email) found nobody. Okta's search lags
-    /// writes, so that is not yet proof that nobody has the id: `deferral.rs` checks
-    /// again for a while before declaring it done.
+    /// writes, so that is not yet proof that nobody has the id: it is checked again for a
+    /// while before it is declared done (`super::decisions::recheck`).
     pub nobody_by_employee_id: bool,
 }
 

@@ -13,29 +13,29 @@
 //! - whether `TRUSTED_PUBLISHERS` and `ALLOWED_EMAIL_DOMAINS` admit it.
 //!
 //! Protected accounts (`PROTECTED_GROUPS`, `PROTECTED_LOGINS`) live in [`protected`].
-//! The decisions are pure functions; [`Trust`] adds the log lines and metrics.
+//! The decisions are pure functions over plain types (header names, the publisher the
+//! decoded envelope records, the event); [`Trust`] adds the log lines and metrics. Stripping the
+//! headers from a delivery's properties is the AMQP adapter's part
+//! (`crate::amqp::decode`), so no broker type enters this module.
 
 pub mod protected;
 
-use crate::amqp::headers;
-use crate::amqp::parking::GUARD_BYPASS;
-use crate::amqp::publisher::DeliveredMessage;
-use crate::amqp::topology::TopologyNames;
 use crate::domain::event::{printable, Email, HrEvent, ValidationError};
 use crate::domain::schedule::{RECHECK_UNTIL, SCHEDULED_FOR, SCHEDULED_KIND};
-use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::BasicProperties;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
-pub use crate::amqp::headers::clean_properties;
 pub use protected::{ProtectedAccounts, ProtectedSettings};
 
 /// Header on every copy the service publishes: the broker-validated `user_id` of the
 /// message's original publisher (absent when it had none). Trusted only on own routes.
 pub const ORIGINAL_USER_ID: &str = "x-original-user-id";
+
+/// Header set by `held release`: the removal was approved by an operator and bypasses
+/// the offboarding guard.
+pub const GUARD_BYPASS: &str = "x-offboarding-guard-bypass";
 
 /// The service's own headers that relax a safety rule or change what is done; honoured
 /// only on deliveries that came back through the service's own exchanges. The replay
@@ -51,24 +51,17 @@ pub const OWN_ROUTE_HEADERS: [&str; 5] = [
 /// The exchanges through which the service's own copies come back: `<wq>.retry` (delay
 /// queues expire into it; `held release` publishes to it), `<wq>.delay`, `<wq>.replay`
 /// (the dead-letter commands) and, in partitioned mode, `<wq>.partitions` (the intake,
-/// which removes forged headers before it re-publishes).
+/// which removes forged headers before it re-publishes). The AMQP adapter names them
+/// (`From<&TopologyNames>` in `crate::amqp::topology`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OwnRoutes {
     exchanges: Vec<String>,
 }
 
 impl OwnRoutes {
-    /// The own exchanges of `topology`'s work queue.
-    pub fn new(topology: &TopologyNames) -> Self {
-        let work_queue = &topology.work_queue;
-        Self {
-            exchanges: vec![
-                format!("{work_queue}.retry"),
-                format!("{work_queue}.delay"),
-                topology.replay_exchange(),
-                topology.partitions_exchange(),
-            ],
-        }
+    /// The own exchanges, by name.
+    pub fn new(exchanges: Vec<String>) -> Self {
+        Self { exchanges }
     }
 
     /// Whether a delivery from `exchange` is one of the service's own copies. The
@@ -79,108 +72,19 @@ impl OwnRoutes {
 }
 
 /// The own-route headers a delivery carries that must not be honoured: all of them on a
-/// delivery from outside the own routes, none on one from them.
+/// delivery from outside the own routes, none on one from them. `carries` says whether
+/// the delivery has a header of that name.
 pub fn untrusted_own_headers(
     from_own_route: bool,
-    headers: Option<&FieldTable>,
+    carries: impl Fn(&str) -> bool,
 ) -> Vec<&'static str> {
     if from_own_route {
         return Vec::new();
     }
-    let Some(table) = headers else {
-        return Vec::new();
-    };
     OWN_ROUTE_HEADERS
         .into_iter()
-        .filter(|name| table.inner().contains_key(*name))
+        .filter(|name| carries(name))
         .collect()
-}
-
-/// A delivery as the service keeps it after its first contact.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Admitted {
-    /// The properties every later copy starts from: forged own headers removed, the
-    /// publisher recorded in [`ORIGINAL_USER_ID`], no `user_id`, no `expiration`.
-    pub properties: BasicProperties,
-    /// The own-route headers a delivery from outside carried (and lost).
-    pub forged: Vec<&'static str>,
-}
-
-/// The first contact with a delivery from `exchange` (pure): see [`Admitted`]. On an own
-/// route the recorded publisher is the copy's; elsewhere it is the broker-validated
-/// `user_id` (printable, bounded), and any recorded one is forged.
-pub fn admit(from_own_route: bool, properties: &BasicProperties) -> Admitted {
-    let original = properties.headers().as_ref();
-    let forged = untrusted_own_headers(from_own_route, original);
-    let mut table: BTreeMap<ShortString, AMQPValue> =
-        original.map(|t| t.inner().clone()).unwrap_or_default();
-    for name in &forged {
-        table.remove(*name);
-    }
-    let mut table = FieldTable::from(table);
-    if !from_own_route {
-        if let Some(user) = properties.user_id() {
-            headers::set_str(&mut table, ORIGINAL_USER_ID, &printable(user.as_str()));
-        }
-    }
-    let had_headers = original.is_some() || !table.inner().is_empty();
-    let mut cleaned = clean_properties(properties);
-    if had_headers {
-        cleaned = cleaned.with_headers(table);
-    }
-    Admitted {
-        properties: cleaned,
-        forged,
-    }
-}
-
-/// The properties of a replayed copy of a dead letter (pure), as `replay_copy` starts
-/// from them: no `user_id` or `expiration`; the publisher recorded from the `user_id` a
-/// message the broker dead-lettered itself still carries. Such a message (its latest
-/// `x-death` record names a queue other than a delay queue: an expiry or reject on the
-/// work queue) never passed the service's first contact, so its own-route headers are
-/// whatever its publisher wrote: they are removed, as they would have been at intake.
-pub fn replay_properties(properties: &BasicProperties) -> BasicProperties {
-    let original = properties.headers().as_ref();
-    let raw = dead_lettered_raw(original);
-    let mut table: BTreeMap<ShortString, AMQPValue> =
-        original.map(|t| t.inner().clone()).unwrap_or_default();
-    if raw {
-        for name in OWN_ROUTE_HEADERS {
-            table.remove(name);
-        }
-    }
-    let mut table = FieldTable::from(table);
-    if let Some(user) = properties.user_id() {
-        headers::set_str(&mut table, ORIGINAL_USER_ID, &printable(user.as_str()));
-    }
-    clean_properties(properties).with_headers(table)
-}
-
-/// Whether the broker dead-lettered this message from a queue other than one of the
-/// delay queues (`<wq>.parked.<bucket>`, or `<wq>.delay.<bucket>` of earlier versions,
-/// whose expiry is the service's own route back).
-fn dead_lettered_raw(headers: Option<&FieldTable>) -> bool {
-    let Some(AMQPValue::FieldArray(deaths)) = headers.and_then(|t| t.inner().get("x-death")) else {
-        return false;
-    };
-    let latest = deaths.as_slice().iter().find_map(|d| match d {
-        AMQPValue::FieldTable(record) => Some(record),
-        _ => None,
-    });
-    let Some(latest) = latest else {
-        return false;
-    };
-    let queue = headers::get_str(Some(latest), "queue").unwrap_or_default();
-    !crate::domain::schedule::BUCKETS.iter().any(|bucket| {
-        queue.ends_with(&format!(".parked.{}", bucket.name))
-            || queue.ends_with(&format!(".delay.{}", bucket.name))
-    })
-}
-
-/// The original publisher recorded on an admitted message.
-pub fn recorded_publisher(properties: &BasicProperties) -> Option<&str> {
-    headers::get_str(properties.headers().as_ref(), ORIGINAL_USER_ID)
 }
 
 /// Whether `TRUSTED_PUBLISHERS` admits `publisher`; the refusal says why (printable).
@@ -335,10 +239,11 @@ pub struct Trust {
 }
 
 impl Trust {
-    /// The rules of `settings` for `topology`'s own routes, recording into `metrics`.
-    pub fn new(topology: &TopologyNames, settings: TrustSettings, metrics: TrustMetrics) -> Self {
+    /// The rules of `settings` for the own routes `own` (a work queue's `TopologyNames`
+    /// names them), recording into `metrics`.
+    pub fn new(own: impl Into<OwnRoutes>, settings: TrustSettings, metrics: TrustMetrics) -> Self {
         Self {
-            own: OwnRoutes::new(topology),
+            own: own.into(),
             settings,
             metrics,
         }
@@ -349,44 +254,41 @@ impl Trust {
         &self.own
     }
 
-    /// First contact with a delivery (see [`admit`]): replaces its properties with the
-    /// admitted ones, and logs and counts forged own headers.
-    pub fn admit(&self, exchange: &str, properties: &BasicProperties) -> BasicProperties {
-        let admitted = admit(self.own.contains(exchange), properties);
-        if !admitted.forged.is_empty() {
-            for header in &admitted.forged {
-                self.metrics.forged_header(header);
-            }
-            tracing::warn!(
-                exchange = printable(exchange),
-                message_id = properties
-                    .message_id()
-                    .as_ref()
-                    .map(|m| printable(m.as_str())),
-                publisher = properties.user_id().as_ref().map(|u| printable(u.as_str())),
-                headers = ?admitted.forged,
-                "message from outside the service's own exchanges carried the service's own \
-                 headers; they are ignored"
-            );
+    /// Logs and counts the own-route headers `forged` that a delivery from `exchange`
+    /// carried and lost at its first contact (`crate::amqp::decode`).
+    pub fn report_forged(
+        &self,
+        exchange: &str,
+        message_id: Option<&str>,
+        publisher: Option<&str>,
+        forged: &[&'static str],
+    ) {
+        if forged.is_empty() {
+            return;
         }
-        admitted.properties
-    }
-
-    /// [`Trust::admit`] for a delivered message, in place.
-    pub fn admit_message(&self, message: &mut DeliveredMessage) {
-        message.properties = self.admit(&message.exchange, &message.properties);
+        for header in forged {
+            self.metrics.forged_header(header);
+        }
+        tracing::warn!(
+            exchange = printable(exchange),
+            message_id = message_id.map(printable),
+            publisher = publisher.map(printable),
+            headers = ?forged,
+            "message from outside the service's own exchanges carried the service's own \
+             headers; they are ignored"
+        );
     }
 
     /// Why an admitted message's event must be refused as a `validation` failure, if it
-    /// must: an untrusted publisher, or an email of a domain HR does not own. Returns the
+    /// must: an untrusted publisher (`publisher` is the one the admitted message
+    /// records), or an email of a domain HR does not own. Returns the
     /// metric reason with the error; the caller counts it ([`Trust::count_refusal`]) once
     /// the event is settled, so a removal's two lane copies count once.
     pub fn refusal(
         &self,
-        message: &DeliveredMessage,
+        publisher: Option<&str>,
         event: &HrEvent,
     ) -> Option<(&'static str, ValidationError)> {
-        let publisher = recorded_publisher(&message.properties);
         if let Err(reason) = judge_publisher(self.settings.trusted_publishers.as_ref(), publisher) {
             return Some(("publisher", ValidationError::refused(reason)));
         }
@@ -409,156 +311,71 @@ impl Trust {
 mod tests {
     use super::*;
 
-    fn names() -> TopologyNames {
-        TopologyNames::prefixed("t.")
-    }
-
-    fn with_headers(pairs: &[(&str, &str)]) -> BasicProperties {
-        let mut table = FieldTable::default();
-        for (k, v) in pairs {
-            headers::set_str(&mut table, k, v);
-        }
-        BasicProperties::default().with_headers(table)
-    }
-
     #[test]
-    fn own_routes_are_the_service_exchanges_and_never_the_input_or_default() {
-        let topology = names();
-        let own = OwnRoutes::new(&topology);
-        let wq = &topology.work_queue;
-        for exchange in [
-            format!("{wq}.retry"),
-            format!("{wq}.delay"),
-            format!("{wq}.replay"),
-            format!("{wq}.partitions"),
-        ] {
-            assert!(own.contains(&exchange), "{exchange}");
-        }
-        assert!(!own.contains(&topology.input_exchange));
+    fn own_routes_are_only_the_listed_exchanges_and_never_the_default() {
+        let own = OwnRoutes::new(vec!["wq.retry".into(), "wq.replay".into()]);
+        assert!(own.contains("wq.retry"));
+        assert!(own.contains("wq.replay"));
+        assert!(!own.contains("hr.events"));
         assert!(!own.contains(""));
-        assert!(!own.contains(&topology.dead_letter_exchange));
-        assert!(!own.contains(&format!("{wq}.retry.evil")));
+        assert!(!own.contains("wq.retry.evil"));
+        assert!(!OwnRoutes::new(vec![String::new()]).contains(""));
     }
 
     #[test]
     fn own_headers_are_untrusted_only_off_the_own_routes() {
-        let props = with_headers(&[
-            (GUARD_BYPASS, "released"),
-            (SCHEDULED_KIND, "activation"),
-            (SCHEDULED_FOR, "2020-01-01T00:00:00Z"),
-            (headers::REPLAY_COUNT, "1"),
-            ("traceparent", "00-a-b-01"),
-        ]);
-        let table = props.headers().as_ref();
+        let carried = [
+            GUARD_BYPASS,
+            SCHEDULED_KIND,
+            SCHEDULED_FOR,
+            "x-replay-count",
+            "traceparent",
+        ];
+        let carries = |name: &str| carried.contains(&name);
         assert_eq!(
-            untrusted_own_headers(false, table),
+            untrusted_own_headers(false, carries),
             vec![GUARD_BYPASS, SCHEDULED_KIND, SCHEDULED_FOR]
         );
-        assert!(untrusted_own_headers(true, table).is_empty());
-        assert!(untrusted_own_headers(false, None).is_empty());
+        assert!(untrusted_own_headers(true, carries).is_empty());
+        assert!(untrusted_own_headers(false, |_| false).is_empty());
     }
 
-    #[test]
-    fn admitting_from_outside_strips_forged_headers_and_records_the_publisher() {
-        let props = with_headers(&[
-            (GUARD_BYPASS, "released"),
-            (ORIGINAL_USER_ID, "hr-publisher"),
-            (headers::REPLAY_COUNT, "2"),
-        ])
-        .with_user_id("mallory".into())
-        .with_expiration("1000".into())
-        .with_message_id("m-1".into())
-        .with_delivery_mode(2);
-        let admitted = admit(false, &props);
-        assert_eq!(admitted.forged, vec![GUARD_BYPASS, ORIGINAL_USER_ID]);
-        let p = &admitted.properties;
-        assert_eq!(p.user_id(), &None);
-        assert_eq!(p.expiration(), &None);
-        assert_eq!(p.message_id().as_ref().map(|m| m.as_str()), Some("m-1"));
-        assert_eq!(p.delivery_mode(), &Some(2));
-        assert_eq!(recorded_publisher(p), Some("mallory"));
-        assert_eq!(headers::get_str(p.headers().as_ref(), GUARD_BYPASS), None);
-        // The replay marker may come from anywhere.
-        assert_eq!(
-            headers::get_u64(p.headers().as_ref(), headers::REPLAY_COUNT),
-            Some(2)
+    fn trust(settings: TrustSettings) -> Trust {
+        Trust::new(OwnRoutes::new(vec![]), settings, TrustMetrics::new())
+    }
+
+    fn hire(email: &str) -> HrEvent {
+        let body = format!(
+            r#"{{"event_id":"e","occurred_at":"2026-11-28T09:00:00Z","employee":{{"id":"E-1","email":"{email}","first_name":"A","last_name":"B"}}}}"#
         );
+        crate::domain::event::parse_message(crate::domain::event::RawMessage {
+            routing_key: "employee.added",
+            content_type: None,
+            body: body.as_bytes(),
+        })
+        .expect("valid")
     }
 
     #[test]
-    fn admitting_an_own_copy_keeps_its_headers_and_its_recorded_publisher() {
-        let props = with_headers(&[(GUARD_BYPASS, "released"), (ORIGINAL_USER_ID, "hr")])
-            .with_user_id("iam-provisioner".into());
-        let admitted = admit(true, &props);
-        assert!(admitted.forged.is_empty());
-        assert_eq!(recorded_publisher(&admitted.properties), Some("hr"));
-        assert_eq!(admitted.properties.user_id(), &None);
+    fn refusals_judge_the_recorded_publisher_then_the_email_domain() {
+        let strict = trust(TrustSettings {
+            trusted_publishers: Some(["hr".to_owned()].into()),
+            allowed_email_domains: Some(vec!["example.com".to_owned()]),
+            ..TrustSettings::default()
+        });
+        let good = hire("a@example.com");
+        assert!(strict.refusal(Some("hr"), &good).is_none());
         assert_eq!(
-            headers::get_str(admitted.properties.headers().as_ref(), GUARD_BYPASS),
-            Some("released")
+            strict.refusal(Some("mallory"), &good).map(|r| r.0),
+            Some("publisher")
         );
-    }
-
-    #[test]
-    fn a_message_without_publisher_or_headers_stays_without_them() {
-        let admitted = admit(false, &BasicProperties::default());
-        assert_eq!(recorded_publisher(&admitted.properties), None);
-        assert!(admitted.forged.is_empty());
-    }
-
-    fn death(queue: &str) -> AMQPValue {
-        let mut record = FieldTable::default();
-        headers::set_str(&mut record, "queue", queue);
-        headers::set_str(&mut record, "reason", "expired");
-        AMQPValue::FieldArray(vec![AMQPValue::FieldTable(record)].into())
-    }
-
-    #[test]
-    fn a_replay_of_a_message_the_broker_dead_lettered_loses_its_own_headers() {
-        let mut table = FieldTable::default();
-        headers::set_str(&mut table, GUARD_BYPASS, "released");
-        headers::set_str(&mut table, ORIGINAL_USER_ID, "forged");
-        table.insert("x-death".into(), death("iam-provisioner"));
-        let raw = BasicProperties::default()
-            .with_headers(table)
-            .with_user_id("mallory".into())
-            .with_expiration("1".into());
-        let replayed = replay_properties(&raw);
-        assert_eq!(replayed.user_id(), &None);
-        assert_eq!(replayed.expiration(), &None);
-        let h = replayed.headers().as_ref();
-        assert_eq!(headers::get_str(h, GUARD_BYPASS), None);
-        assert_eq!(headers::get_str(h, ORIGINAL_USER_ID), Some("mallory"));
-    }
-
-    #[test]
-    fn a_replay_of_the_service_own_copy_keeps_its_own_headers() {
-        let mut table = FieldTable::default();
-        headers::set_str(&mut table, SCHEDULED_KIND, "activation");
-        headers::set_str(&mut table, ORIGINAL_USER_ID, "hr");
-        table.insert("x-death".into(), death("iam-provisioner.delay.1m"));
-        let copy = BasicProperties::default().with_headers(table);
-        let replayed = replay_properties(&copy);
-        let h = replayed.headers().as_ref();
-        assert_eq!(headers::get_str(h, SCHEDULED_KIND), Some("activation"));
-        assert_eq!(headers::get_str(h, ORIGINAL_USER_ID), Some("hr"));
-        // The same from today's (quorum) delay queues.
-        let mut table = FieldTable::default();
-        headers::set_str(&mut table, SCHEDULED_KIND, "activation");
-        table.insert("x-death".into(), death("iam-provisioner.parked.1m"));
-        let replayed = replay_properties(&BasicProperties::default().with_headers(table));
+        assert_eq!(strict.refusal(None, &good).map(|r| r.0), Some("publisher"));
         assert_eq!(
-            headers::get_str(replayed.headers().as_ref(), SCHEDULED_KIND),
-            Some("activation")
+            strict.refusal(Some("hr"), &hire("a@evil.com")).map(|r| r.0),
+            Some("email_domain")
         );
-        // No x-death at all: the service published it to the dead-letter exchange.
-        let mut table = FieldTable::default();
-        headers::set_str(&mut table, GUARD_BYPASS, "released");
-        let replayed = replay_properties(&BasicProperties::default().with_headers(table));
-        assert_eq!(
-            headers::get_str(replayed.headers().as_ref(), GUARD_BYPASS),
-            Some("released")
-        );
+        let open = trust(TrustSettings::default());
+        assert!(open.refusal(None, &hire("a@evil.com")).is_none());
     }
 
     #[test]

@@ -142,7 +142,7 @@ pub fn replay_copy(
     delivered_routing_key: &str,
     now: OffsetDateTime,
 ) -> (String, BasicProperties) {
-    let trusted = crate::trust::replay_properties(properties);
+    let trusted = crate::amqp::decode::replay_properties(properties);
     let properties = &trusted;
     let original = properties.headers().as_ref();
     let routing_key = original_routing_key(original, delivered_routing_key);
@@ -168,10 +168,10 @@ pub fn replay_copy(
         headers::set_str(&mut copy, dl::ORIGINAL_EXCHANGE, &exchange);
     }
     // No `user_id` (the broker would refuse it from the operator's connection) and no
-    // `expiration` (a replayed removal must not silently expire): `crate::trust`.
+    // `expiration` (a replayed removal must not silently expire): `crate::amqp::decode`.
     (
         routing_key,
-        crate::trust::clean_properties(properties).with_headers(copy),
+        headers::clean_properties(properties).with_headers(copy),
     )
 }
 
