@@ -691,14 +691,12 @@ fn find_cycles() -> String {
 }
 
 #[test]
-#[ignore = "until issue 13 lands"]
 fn the_module_graph_has_no_cycles() {
     let report = find_cycles();
     assert!(report.is_empty(), "import cycles:{report}");
 }
 
 #[test]
-#[ignore = "until issue 13 lands"]
 fn the_core_does_not_know_the_broker_library() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut offenders = Vec::new();

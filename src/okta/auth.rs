@@ -15,9 +15,10 @@
 //! request gets `Authorization: DPoP …` plus a fresh proof ([`super::dpop`]). An app
 //! that does not require DPoP is served exactly as before: nothing needs setting.
 
-use super::client::{rate_limit_wait, OktaSetupError};
-use super::dpop::{self, DpopKey};
+use super::dpop::{self, auth_param, new_jti, DpopKey};
+use super::error::OktaSetupError;
 use super::error::{OktaError, TokenError};
+use super::rate_headers::rate_limit_wait;
 use crate::domain::event::printable;
 use crate::secret::Secret;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -188,18 +189,6 @@ impl ServiceApp {
             .sign(&claims, self.key_id.as_deref())
             .map_err(|reason| OktaError::Assertion { reason })
     }
-}
-
-/// A fresh, unpredictable `jti`: 128 random bits, hex.
-pub(crate) fn new_jti() -> String {
-    let mut bytes = [0u8; 16];
-    if aws_lc_rs::rand::fill(&mut bytes).is_err() {
-        // The system generator failing is near impossible; uniqueness is what Okta
-        // checks, and the clock plus a fast PRNG still gives it.
-        let fallback = fastrand::u128(..) ^ u128::from(unix_now());
-        bytes = fallback.to_be_bytes();
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn unix_now() -> u64 {
@@ -680,27 +669,6 @@ pub(crate) fn insufficient_scope(headers: &HeaderMap) -> Option<String> {
         return None;
     }
     auth_param(value, "scope").map(|s| printable(&s))
-}
-
-/// The value of one `name="value"` parameter of a challenge; only a whole parameter
-/// name matches (`scope`, not the `scopes` inside a description).
-pub(crate) fn auth_param(challenge: &str, name: &str) -> Option<String> {
-    let needle = format!("{name}=\"");
-    let mut from = 0;
-    while let Some(found) = challenge[from..].find(&needle) {
-        let start = from + found;
-        let preceded_ok = challenge[..start]
-            .chars()
-            .next_back()
-            .is_none_or(|c| c == ',' || c.is_whitespace());
-        let value_start = start + needle.len();
-        if preceded_ok {
-            let value_end = challenge[value_start..].find('"')? + value_start;
-            return Some(challenge[value_start..value_end].to_owned());
-        }
-        from = value_start;
-    }
-    None
 }
 
 // These tests sign with keys from the fake Okta and talk to it, so they need its feature.

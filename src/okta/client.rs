@@ -16,8 +16,9 @@
 //! calls afresh, so no later request can honestly claim to be the one refused.
 
 use super::auth::{self, Authorizer, OktaAuth};
-use super::error::{ApiError, LimitKind, OktaError};
-use super::pacing::{self, endpoint_of, BucketReport, Pacer, Refusal};
+use super::error::{ApiError, LimitKind, OktaError, OktaSetupError};
+use super::pacing::{endpoint_of, BucketReport, Pacer, Refusal};
+use super::rate_headers::{header_i64, is_concurrency_limit, resets_in};
 use super::search;
 use crate::domain::plan::AccountStatus;
 use crate::secret::Secret;
@@ -31,7 +32,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 use tokio::sync::Semaphore;
 
@@ -148,17 +149,6 @@ impl std::fmt::Debug for OktaClient {
             .field("base", &self.inner.base.as_str())
             .finish_non_exhaustive()
     }
-}
-
-/// Why the client could not be built.
-#[derive(Debug, thiserror::Error)]
-pub enum OktaSetupError {
-    #[error("OKTA_API_TOKEN contains characters that cannot be sent in an HTTP header")]
-    BadToken,
-    #[error("cannot build the HTTP client")]
-    Http(#[source] reqwest::Error),
-    #[error("cannot make the DPoP key for the OAuth service app")]
-    Dpop(#[source] super::dpop::DpopError),
 }
 
 /// A successful answer, already read.
@@ -696,32 +686,6 @@ fn bucket_report(headers: &HeaderMap) -> Option<BucketReport> {
     })
 }
 
-/// Time until `X-Rate-Limit-Reset`, measured on Okta's clock (`Date`) so that clock
-/// skew does not matter; zero for a reset already past. `Date` is truncated to the
-/// second, so this is never short of the true time left.
-fn resets_in(headers: &HeaderMap) -> Option<Duration> {
-    let reset = header_i64(headers, "x-rate-limit-reset")?;
-    let now = header_str(headers, "date")
-        .and_then(httpdate_to_unix)
-        .unwrap_or_else(unix_now);
-    Some(Duration::from_secs(u64::try_from(reset - now).unwrap_or(0)))
-}
-
-/// Whether a 429 is Okta's concurrency limit (too many requests in flight org-wide)
-/// rather than an endpoint's bucket at 0: its `X-Rate-Limit-Limit` and
-/// `X-Rate-Limit-Remaining` are both 0 (see `okta/BEHAVIOUR.md`, "Rate limits").
-pub fn is_concurrency_limit(headers: &HeaderMap) -> bool {
-    header_i64(headers, "x-rate-limit-limit") == Some(0)
-        && header_i64(headers, "x-rate-limit-remaining") == Some(0)
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or_default()
-}
-
 async fn send_and_read(request: reqwest::RequestBuilder) -> Result<Answer, reqwest::Error> {
     let response = request.send().await?;
     let status = response.status();
@@ -803,30 +767,11 @@ pub(super) fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a s
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-fn header_i64(headers: &HeaderMap, name: &str) -> Option<i64> {
-    header_str(headers, name).and_then(|v| v.trim().parse().ok())
-}
-
-/// How long to wait after a 429 from an endpoint the pacer does not see (the token
-/// endpoint): the pacer's rule for a bucket 429, `X-Rate-Limit-Reset − Date`, bounded
-/// by [`pacing::MAX_RESET_WAIT`].
-pub fn rate_limit_wait(headers: &HeaderMap) -> Duration {
-    pacing::wait_after_refusal(resets_in(headers))
-}
-
-/// Parses an IMF-fixdate (`Sun, 29 Nov 2026 06:07:40 GMT`) to Unix seconds.
-fn httpdate_to_unix(value: &str) -> Option<i64> {
-    let format = time::macros::format_description!(
-        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
-    );
-    time::PrimitiveDateTime::parse(value.trim(), format)
-        .ok()
-        .map(|t| t.assume_utc().unix_timestamp())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::okta::pacing;
+    use crate::okta::rate_headers::{httpdate_to_unix, rate_limit_wait, unix_now};
 
     fn headers_with_reset_in(seconds: i64) -> HeaderMap {
         let mut headers = HeaderMap::new();

@@ -119,7 +119,7 @@ impl DpopKey {
         now: u64,
     ) -> Result<HeaderValue, DpopError> {
         let claims = ProofClaims {
-            jti: super::auth::new_jti(),
+            jti: new_jti(),
             htm: method.as_str(),
             htu: htu(url),
             iat: now,
@@ -199,8 +199,8 @@ pub(crate) fn problem(headers: &HeaderMap) -> Option<String> {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .find(|v| v.trim_start().starts_with("DPoP"))?;
-    let error = super::auth::auth_param(value, "error")?;
-    let description = super::auth::auth_param(value, "error_description").unwrap_or_default();
+    let error = auth_param(value, "error")?;
+    let description = auth_param(value, "error_description").unwrap_or_default();
     Some(crate::domain::event::printable(&format!(
         "DPoP {error}: {description}"
     )))
@@ -220,6 +220,47 @@ fn challenge_errors(value: &str) -> impl Iterator<Item = &str> {
             let end = value[start..].find('"')? + start;
             preceded_ok.then(|| &value[start..end])
         })
+}
+
+/// A fresh, unpredictable `jti`: 128 random bits, hex. For DPoP proofs and for the
+/// service app's client assertions alike.
+pub(crate) fn new_jti() -> String {
+    let mut bytes = [0u8; 16];
+    if aws_lc_rs::rand::fill(&mut bytes).is_err() {
+        // The system generator failing is near impossible; uniqueness is what Okta
+        // checks, and the clock plus a fast PRNG still gives it.
+        let fallback = fastrand::u128(..) ^ u128::from(seconds_since_epoch());
+        bytes = fallback.to_be_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn seconds_since_epoch() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+/// The value of one `name="value"` parameter of a challenge; only a whole parameter
+/// name matches (`scope`, not the `scopes` inside a description).
+pub(crate) fn auth_param(challenge: &str, name: &str) -> Option<String> {
+    let needle = format!("{name}=\"");
+    let mut from = 0;
+    while let Some(found) = challenge[from..].find(&needle) {
+        let start = from + found;
+        let preceded_ok = challenge[..start]
+            .chars()
+            .next_back()
+            .is_none_or(|c| c == ',' || c.is_whitespace());
+        let value_start = start + needle.len();
+        if preceded_ok {
+            let value_end = challenge[value_start..].find('"')? + value_start;
+            return Some(challenge[value_start..value_end].to_owned());
+        }
+        from = value_start;
+    }
+    None
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ pub mod error;
 pub mod groups;
 pub mod listing;
 pub mod pacing;
+pub mod rate_headers;
 pub mod search;
 
 pub use auth::{OktaAuth, ServiceApp, SigningKey};

@@ -77,7 +77,7 @@ impl Harness {
             .client_assertion(
                 &token_url,
                 jsonwebtoken::get_current_timestamp(),
-                crate::okta::auth::new_jti(),
+                crate::okta::dpop::new_jti(),
             )
             .expect("assertion");
         let form = url::form_urlencoded::Serializer::new(String::new())
