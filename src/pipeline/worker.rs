@@ -630,7 +630,8 @@ fn rate_limit_wait(error: &ProvisionError) -> Option<Duration> {
     }
 }
 
-#[cfg(test)]
+// Against the fake Okta, so built with its feature only.
+#[cfg(all(test, feature = "okta-sim"))]
 mod tests {
     //! The worker against the in-process fake Okta and a fake outcome sink: no broker.
 
