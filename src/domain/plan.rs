@@ -243,6 +243,31 @@ impl fmt::Display for Action {
     }
 }
 
+/// Why an event runs now; only hires tell these apart.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Purpose {
+    /// The event is due: do what it says.
+    #[default]
+    Now,
+    /// A hire whose start date is ahead: create (or adopt) the user without enabling it;
+    /// it is activated at `activate_at`.
+    Stage { activate_at: time::OffsetDateTime },
+    /// A staged hire's start date has come: activate the user if it still waits.
+    Activate,
+}
+
+/// What an event did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    pub okta_user_id: Option<String>,
+    pub actions: Vec<Action>,
+    pub unmapped_groups: Vec<String>,
+    /// A removal by employee id alone (no email) found nobody. Okta's search lags
+    /// writes, so that is not yet proof that nobody has the id: it is checked again for a
+    /// while before it is declared done (`crate::pipeline::decisions::recheck`).
+    pub nobody_by_employee_id: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

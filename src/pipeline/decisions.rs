@@ -27,7 +27,7 @@ use crate::domain::schedule::{self, Scheduled, ScheduledKind};
 use crate::pipeline::envelope::Envelope;
 use crate::pipeline::guard::{GuardLimits, OffboardingGuard};
 use crate::pipeline::lanes::Lane;
-use crate::pipeline::provisioner::{Purpose, Report};
+use crate::domain::plan::{Purpose, Report};
 use crate::pipeline::retry::RetryPolicy;
 use std::time::Duration;
 use time::{OffsetDateTime, Time};

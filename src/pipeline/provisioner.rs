@@ -8,6 +8,9 @@ use crate::domain::event::{printable, EmployeeRecord, EventBody, HrEvent, Leaver
 use crate::domain::mapping::GroupMapping;
 use crate::domain::outcome::{ErrorKind, Failure};
 use crate::domain::plan::{self, AccountStatus, Action, LifecycleStep, OffboardingMode};
+// What provisioning is asked to do and reports: plain data, in the domain so that the
+// decisions need nothing of the provisioner.
+pub use crate::domain::plan::{Purpose, Report};
 use crate::okta::groups::{GroupDirectory, GroupLookupError, ResolvedGroup};
 use crate::okta::{OktaClient, OktaError, OktaUser};
 use crate::trust::protected::Verdict;
@@ -60,30 +63,7 @@ pub struct DeliveryFacts {
     pub overtaken_by_removal: bool,
 }
 
-/// Why an event runs now; only hires tell these apart.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Purpose {
-    /// The event is due: do what it says.
-    #[default]
-    Now,
-    /// A hire whose start date is ahead: create (or adopt) the user without enabling it;
-    /// it is activated at `activate_at`.
-    Stage { activate_at: time::OffsetDateTime },
-    /// A staged hire's start date has come: activate the user if it still waits.
-    Activate,
-}
 
-/// What an event did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Report {
-    pub okta_user_id: Option<String>,
-    pub actions: Vec<Action>,
-    pub unmapped_groups: Vec<String>,
-    /// A removal by employee id alone (no email) found nobody. Okta's search lags
-    /// writes, so that is not yet proof that nobody has the id: it is checked again for a
-    /// while before it is declared done (`super::decisions::recheck`).
-    pub nobody_by_employee_id: bool,
-}
 
 /// Why an event could not be carried out.
 #[derive(Debug, thiserror::Error)]
