@@ -47,7 +47,7 @@ pub enum StartupError {
     #[error(transparent)]
     Topology(#[from] TopologyError),
     #[error("cannot set up the Okta client")]
-    Okta(#[from] crate::okta::error::OktaSetupError),
+    Okta(#[from] crate::okta::auth::OktaSetupError),
     #[error("cannot listen on HTTP_LISTEN {address}")]
     Http {
         address: SocketAddr,

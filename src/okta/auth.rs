@@ -16,7 +16,6 @@
 //! that does not require DPoP is served exactly as before: nothing needs setting.
 
 use super::dpop::{self, auth_param, new_jti, DpopKey};
-use super::error::OktaSetupError;
 use super::error::{OktaError, TokenError};
 use super::rate_headers::rate_limit_wait;
 use crate::domain::event::printable;
@@ -672,6 +671,17 @@ pub(crate) fn insufficient_scope(headers: &HeaderMap) -> Option<String> {
 }
 
 // These tests sign with keys from the fake Okta and talk to it, so they need its feature.
+/// Why the client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum OktaSetupError {
+    #[error("OKTA_API_TOKEN contains characters that cannot be sent in an HTTP header")]
+    BadToken,
+    #[error("cannot build the HTTP client")]
+    Http(#[source] reqwest::Error),
+    #[error("cannot make the DPoP key for the OAuth service app")]
+    Dpop(#[source] dpop::DpopError),
+}
+
 #[cfg(all(test, feature = "okta-sim"))]
 mod tests {
     use super::*;

@@ -15,8 +15,9 @@
 //! the same request, but the retry here is a new attempt at the event, which plans its
 //! calls afresh, so no later request can honestly claim to be the one refused.
 
+use super::auth::OktaSetupError;
 use super::auth::{self, Authorizer, OktaAuth};
-use super::error::{ApiError, LimitKind, OktaError, OktaSetupError};
+use super::error::{ApiError, LimitKind, OktaError};
 use super::pacing::{endpoint_of, BucketReport, Pacer, Refusal};
 use super::rate_headers::{header_i64, is_concurrency_limit, resets_in};
 use super::search;

@@ -186,17 +186,6 @@ impl OktaError {
     }
 }
 
-/// Why the client could not be built.
-#[derive(Debug, thiserror::Error)]
-pub enum OktaSetupError {
-    #[error("OKTA_API_TOKEN contains characters that cannot be sent in an HTTP header")]
-    BadToken,
-    #[error("cannot build the HTTP client")]
-    Http(#[source] reqwest::Error),
-    #[error("cannot make the DPoP key for the OAuth service app")]
-    Dpop(#[source] super::dpop::DpopError),
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -23,11 +23,11 @@
 
 use crate::domain::event::{EventBody, HrEvent, ValidationContext};
 use crate::domain::outcome::{ErrorKind, Failure, Outcome, OutcomeStatus};
+use crate::domain::plan::{Purpose, Report};
 use crate::domain::schedule::{self, Scheduled, ScheduledKind};
 use crate::pipeline::envelope::Envelope;
 use crate::pipeline::guard::{GuardLimits, OffboardingGuard};
 use crate::pipeline::lanes::Lane;
-use crate::domain::plan::{Purpose, Report};
 use crate::pipeline::retry::RetryPolicy;
 use std::time::Duration;
 use time::{OffsetDateTime, Time};

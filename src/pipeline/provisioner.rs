@@ -63,8 +63,6 @@ pub struct DeliveryFacts {
     pub overtaken_by_removal: bool,
 }
 
-
-
 /// Why an event could not be carried out.
 #[derive(Debug, thiserror::Error)]
 pub enum ProvisionError {
