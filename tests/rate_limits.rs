@@ -19,7 +19,6 @@ use iam_provisioner::okta_sim::{
     Fault, FaultKind, OktaSim, RateLimit, SimBucket, SimConfig, UserStatus,
 };
 use serde_json::Value;
-use std::collections::HashMap;
 use std::time::Duration;
 
 /// Longer than any wait in these tests (`PATIENCE` is 30 s): a client that waits for
@@ -41,36 +40,6 @@ async fn publish_hires(world: &World, label: &str, n: usize) -> Vec<String> {
         ids.push(id);
     }
     ids
-}
-
-/// Every outcome of each of `event_ids` until all are final, in the order published.
-async fn outcomes_until_all_final(
-    world: &mut World,
-    event_ids: &[String],
-) -> HashMap<String, Vec<Value>> {
-    let deadline = tokio::time::Instant::now() + OVERALL_PATIENCE;
-    let mut seen: HashMap<String, Vec<Value>> = HashMap::new();
-    let finished = |seen: &HashMap<String, Vec<Value>>| {
-        event_ids.iter().all(|id| {
-            seen.get(id)
-                .and_then(|outcomes| outcomes.last())
-                .is_some_and(|last| last["status"] != "retrying")
-        })
-    };
-    while !finished(&seen) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not every event finished within {OVERALL_PATIENCE:?}: {seen:#?}"
-        );
-        let (_, body, _) = world.next_outcome().await;
-        let Some(id) = body["source_event_id"].as_str() else {
-            continue;
-        };
-        if event_ids.iter().any(|wanted| wanted == id) {
-            seen.entry(id.to_owned()).or_default().push(body);
-        }
-    }
-    seen
 }
 
 /// A client of `sim` as the service builds it.
@@ -264,7 +233,7 @@ async fn a_concurrency_limit_429_is_retried_without_waiting_for_a_window() {
     };
     let mut world = World::start_with("rl-concurrency", options).await;
     let hires = publish_hires(&world, "rlconc", 12).await;
-    let outcomes = outcomes_until_all_final(&mut world, &hires).await;
+    let outcomes = world.outcomes_until_all_final(&hires).await;
     let mut retried = 0;
     for (id, seen) in &outcomes {
         let (last, retrying) = seen.split_last().expect("a final outcome");

@@ -25,36 +25,6 @@ async fn wait_all_succeeded(world: &mut World, expected: usize) -> HashSet<Strin
     succeeded
 }
 
-/// Every outcome of each of `event_ids` until all are final.
-async fn outcomes_until_all_final(
-    world: &mut World,
-    event_ids: &[String],
-) -> HashMap<String, Vec<Value>> {
-    let deadline = tokio::time::Instant::now() + OVERALL_PATIENCE;
-    let mut seen: HashMap<String, Vec<Value>> = HashMap::new();
-    let finished = |seen: &HashMap<String, Vec<Value>>| {
-        event_ids.iter().all(|id| {
-            seen.get(id)
-                .and_then(|outcomes| outcomes.last())
-                .is_some_and(|last| last["status"] != "retrying")
-        })
-    };
-    while !finished(&seen) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not every event finished within {OVERALL_PATIENCE:?}"
-        );
-        let (_, body, _) = world.next_outcome().await;
-        let Some(id) = body["source_event_id"].as_str() else {
-            continue;
-        };
-        if event_ids.iter().any(|wanted| wanted == id) {
-            seen.entry(id.to_owned()).or_default().push(body);
-        }
-    }
-    seen
-}
-
 #[tokio::test]
 async fn a_burst_at_a_small_rate_limit_all_succeeds_and_every_429_is_waited_out() {
     let window = Duration::from_secs(2);
@@ -88,7 +58,7 @@ async fn a_burst_at_a_small_rate_limit_all_succeeds_and_every_429_is_waited_out(
         world.publish("employee.added", &body).await;
         ids.push(id);
     }
-    let outcomes = outcomes_until_all_final(&mut world, &ids).await;
+    let outcomes = world.outcomes_until_all_final(&ids).await;
     let elapsed = started.elapsed();
     let mut retried = 0;
     for (id, seen) in &outcomes {

@@ -347,6 +347,38 @@ impl World {
         }
     }
 
+    /// Every outcome of each of `event_ids`, in the order published, until all are final
+    /// (whatever order they finish in), within [`OVERALL_PATIENCE`].
+    pub async fn outcomes_until_all_final(
+        &mut self,
+        event_ids: &[String],
+    ) -> std::collections::HashMap<String, Vec<Value>> {
+        let deadline = tokio::time::Instant::now() + OVERALL_PATIENCE;
+        let mut seen: std::collections::HashMap<String, Vec<Value>> =
+            std::collections::HashMap::new();
+        let finished = |seen: &std::collections::HashMap<String, Vec<Value>>| {
+            event_ids.iter().all(|id| {
+                seen.get(id)
+                    .and_then(|outcomes| outcomes.last())
+                    .is_some_and(|last| last["status"] != "retrying")
+            })
+        };
+        while !finished(&seen) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not every event finished within {OVERALL_PATIENCE:?}: {seen:#?}"
+            );
+            let (_, body, _) = self.next_outcome().await;
+            let Some(id) = body["source_event_id"].as_str() else {
+                continue;
+            };
+            if event_ids.iter().any(|wanted| wanted == id) {
+                seen.entry(id.to_owned()).or_default().push(body);
+            }
+        }
+        seen
+    }
+
     /// The terminal outcome of each of `event_ids`, whatever order they finish in
     /// (waiting for one at a time would skip another's that came first).
     pub async fn final_outcomes_of(
