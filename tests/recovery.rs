@@ -7,8 +7,7 @@ use common::process::ServiceProcess;
 use common::*;
 use iam_provisioner::amqp::topology::TopologyNames;
 use iam_provisioner::okta_sim::{Fault, FaultKind, OktaSim, RateLimit, SimConfig};
-use serde_json::Value;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 /// Consumes outcomes until `expected` distinct events have succeeded; fails on any
