@@ -234,24 +234,16 @@ async fn a_concurrency_limit_429_is_retried_without_waiting_for_a_window() {
     let mut world = World::start_with("rl-concurrency", options).await;
     let hires = publish_hires(&world, "rlconc", 12).await;
     let outcomes = world.outcomes_until_all_final(&hires).await;
-    let mut retried = 0;
-    for (id, seen) in &outcomes {
-        let (last, retrying) = seen.split_last().expect("a final outcome");
-        assert_eq!(last["status"], "succeeded", "{id}: {seen:#?}");
-        assert_eq!(last["attempt"], 1, "a 429 uses no attempt: {id}: {seen:#?}");
-        for outcome in retrying {
-            assert_eq!(outcome["status"], "retrying", "{outcome}");
-            assert_eq!(outcome["error"]["kind"], "rate_limited", "{outcome}");
-            assert_eq!(outcome["attempt"], 1, "{outcome}");
-            assert!(
-                outcome["error"]["message"]
-                    .as_str()
-                    .is_some_and(|m| m.contains("concurrency limit")),
-                "{outcome}"
-            );
-        }
-        retried += retrying.len();
+    let retries = rate_limited_retries_before_success(&outcomes);
+    for outcome in &retries {
+        assert!(
+            outcome["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("concurrency limit")),
+            "{outcome}"
+        );
     }
+    let retried = retries.len();
     assert!(world.drain_dead_letters().await.is_empty());
     let log = world.sim.request_log();
     let refused = log.iter().filter(|r| r.status == 429).count();

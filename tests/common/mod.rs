@@ -668,3 +668,24 @@ pub async fn http_get(address: std::net::SocketAddr, path: &str) -> (u16, String
         Err(e) => (0, e.to_string()),
     }
 }
+
+/// Checks that every event in `outcomes` (from [`World::outcomes_until_all_final`])
+/// succeeded at its first attempt after retries of kind `rate_limited` only, also at
+/// attempt 1 (a 429 uses no attempt); returns those retries, for the caller's own checks.
+pub fn rate_limited_retries_before_success(
+    outcomes: &std::collections::HashMap<String, Vec<Value>>,
+) -> Vec<&Value> {
+    let mut retries = Vec::new();
+    for (id, seen) in outcomes {
+        let (last, retrying) = seen.split_last().expect("a final outcome");
+        assert_eq!(last["status"], "succeeded", "{id}: {seen:#?}");
+        assert_eq!(last["attempt"], 1, "a 429 uses no attempt: {id}: {seen:#?}");
+        for outcome in retrying {
+            assert_eq!(outcome["status"], "retrying", "{id}: {outcome}");
+            assert_eq!(outcome["error"]["kind"], "rate_limited", "{id}: {outcome}");
+            assert_eq!(outcome["attempt"], 1, "{id}: {outcome}");
+        }
+        retries.extend(retrying);
+    }
+    retries
+}
